@@ -1,0 +1,572 @@
+"""Typed configuration: one schema with every default, YAML inheritance, CLI overrides, validation.
+
+A run's config is built as ``schema <- base files <- config file <- overrides`` and then turned into
+dataclass objects, so each section's ``__post_init__`` checks its values before anything heavy starts.
+Overrides are OmegaConf dotlists (``optim.lr=3e-4``) or the ``--optim.lr=3e-4`` form a W&B sweep agent
+passes with ``${args}``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from caslie.tasks import TASK_CODES, UnknownTaskError, get_task
+
+PAPER_VOTERS = [
+    "llama-3.2-3b-instruct",
+    "llama-3.1-8b-instruct",
+    "llama-3.2-11b-vision-instruct",
+    "mistral-7b-instruct-v0.3",
+    "phi-3.5-mini-instruct",
+]
+"""The five CQE voters of the paper, as vote-cache names."""
+
+SPLITS = ("train", "val", "test_ind", "test_ood")
+"""Canonical split names."""
+
+DEFAULT_SPLIT_MAP = {
+    "train": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test_ind",
+    "test/OOD": "test_ood",
+    "test_ind": "test_ind",
+    "test_ood": "test_ood",
+}
+
+FUSIONS = ("none", "uia", "mv")
+
+
+class ConfigError(ValueError):
+    """A config that cannot run: unknown key, bad value, or inconsistent sections."""
+
+
+@dataclass
+class RunConfig:
+    """What the run is called, where it writes, and how it is seeded."""
+
+    name: str = "caslie"
+    """Run name: the run folder is ``<output_dir>/<name>``."""
+    output_dir: str = "runs"
+    """Parent folder of run folders."""
+    seed: int = 42
+    """Seed for Python, NumPy, torch and the batch samplers."""
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", self.name or ""):
+            raise ConfigError(
+                f"run.name '{self.name}' must be letters, digits, '.', '_' or '-' (it names a folder)"
+            )
+
+
+@dataclass
+class DataConfig:
+    """Where rows, captions and votes come from, and how they become training examples."""
+
+    source: str = "NingLab/MMECInstruct"
+    """Hub dataset id, a local .json/.jsonl/.parquet file or folder, or ``sample``."""
+    hub_split: str = "train"
+    """Split of the hub dataset that holds every row (MMECInstruct ships one ``train`` split)."""
+    image_root: str | None = None
+    """Folder that local image paths are relative to (default: the source's folder)."""
+    tasks: list[str] = field(default_factory=lambda: ["all"])
+    """Task codes to use (``[all]`` for the generalist model, one code for a task-specific one)."""
+    train_split: str = "train"
+    """Canonical split used for training."""
+    eval_splits: list[str] = field(default_factory=lambda: ["val", "test_ind", "test_ood"])
+    """Canonical splits evaluated after training (``val`` also selects the best checkpoint)."""
+    split_map: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_SPLIT_MAP))
+    """Dataset ``split`` (or ``split/setting`` for a non-IND ``setting``) -> canonical split."""
+    max_rows_per_task: int | None = None
+    """Keep at most this many rows per task and split (first in file order); ``null`` keeps all."""
+    on_error: str = "raise"
+    """``raise`` stops at the first invalid row; ``skip`` drops it, counts and reports it."""
+    fusion: str = "mv"
+    """Caption fusion: ``none`` (text only), ``uia`` (always), ``mv`` (majority vote), ``single:<voter>``."""
+    captions: str = "dataset"
+    """Caption source: ``dataset`` (the rows' ``caption_info``) or a caption cache folder."""
+    caption_model: str | None = None
+    """Captioning model to read from a caption cache holding several (``null``: the only one)."""
+    votes: str | None = None
+    """Vote cache folder (one subfolder per voter); required by ``mv`` and ``single:``."""
+    voters: list[str] = field(default_factory=lambda: list(PAPER_VOTERS))
+    """Voters whose majority decides under ``mv``."""
+    mv_tie: str = "no"
+    """Outcome of a tied majority vote (even number of voters): ``no`` or ``yes``."""
+    prompt_template: str = "mistral"
+    """``mistral`` (the paper's template, byte-exact) or ``chat`` (the tokenizer's chat template)."""
+    max_length: int = 1024
+    """Longest tokenised example; longer ones are trimmed on the input side, never the answer."""
+    pad_to_multiple_of: int = 8
+    """Padded batch length is a multiple of this (tensor-core friendly)."""
+    group_by_length: bool = True
+    """Batch examples of similar length together to cut padding."""
+    num_workers: int = 2
+    """DataLoader worker processes."""
+    cache_dir: str = ".cache/caslie"
+    """Where tokenised datasets are cached (keyed by every input that changes them)."""
+
+    def __post_init__(self) -> None:
+        if self.on_error not in ("raise", "skip"):
+            raise ConfigError(f"data.on_error must be 'raise' or 'skip', got '{self.on_error}'")
+        fusion_kind, _, voter = self.fusion.partition(":")
+        if fusion_kind not in FUSIONS + ("single",) or (fusion_kind == "single") != bool(voter):
+            raise ConfigError(
+                f"unknown data.fusion '{self.fusion}': use one of none, uia, mv, single:<voter>"
+            )
+        if self.mv_tie not in ("yes", "no"):
+            raise ConfigError(f"data.mv_tie must be 'yes' or 'no', got '{self.mv_tie}'")
+        if fusion_kind == "mv" and not self.voters:
+            raise ConfigError("data.voters is empty: majority vote needs at least one voter")
+        if self.prompt_template not in ("mistral", "chat"):
+            raise ConfigError(
+                f"data.prompt_template must be 'mistral' or 'chat', got '{self.prompt_template}'"
+            )
+        if self.max_length < 16:
+            raise ConfigError(f"data.max_length must be at least 16, got {self.max_length}")
+        if self.pad_to_multiple_of < 1:
+            raise ConfigError("data.pad_to_multiple_of must be at least 1")
+        if self.max_rows_per_task is not None and self.max_rows_per_task < 1:
+            raise ConfigError("data.max_rows_per_task must be positive or null")
+        self.tasks = normalise_tasks(self.tasks)
+        for name in [self.train_split, *self.eval_splits, *self.split_map.values()]:
+            if name not in SPLITS:
+                raise ConfigError(
+                    f"unknown split '{name}': canonical splits are {', '.join(SPLITS)}"
+                )
+
+    @property
+    def fusion_kind(self) -> str:
+        """``none``, ``uia``, ``mv`` or ``single``."""
+        return self.fusion.partition(":")[0]
+
+    @property
+    def fusion_voters(self) -> list[str]:
+        """The voters whose votes the fusion strategy reads."""
+        kind, _, voter = self.fusion.partition(":")
+        if kind == "mv":
+            return list(self.voters)
+        if kind == "single":
+            return [voter]
+        return []
+
+
+def normalise_tasks(tasks: list[str] | str) -> list[str]:
+    """Expand ``all`` and map names to codes, keeping the paper's task order."""
+    if isinstance(tasks, str):
+        tasks = [tasks]
+    if not tasks:
+        raise ConfigError("data.tasks is empty: give task codes or 'all'")
+    if "all" in tasks:
+        return list(TASK_CODES)
+    try:
+        codes = {get_task(t).code for t in tasks}
+    except UnknownTaskError as err:
+        raise ConfigError(f"data.tasks: {err}") from None
+    return [c for c in TASK_CODES if c in codes]
+
+
+@dataclass
+class ModelConfig:
+    """The model family and checkpoint, and its LoRA adapter."""
+
+    kind: str = "lora"
+    """``lora`` (LLM + LoRA) or ``fashionclip`` (the CLIP baseline)."""
+    name_or_path: str = "mistralai/Mistral-7B-Instruct-v0.3"
+    """Hub id, local folder, or an offline tiny model (``tiny:mistral``, ``tiny:llama``)."""
+    tokenizer: str | None = None
+    """Tokenizer id or path when it differs from the model's."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) to pin."""
+    dtype: str = "auto"
+    """Weights dtype: ``auto`` (bf16 where supported, else fp32), ``bfloat16``, ``float16``, ``float32``."""
+    attn_implementation: str | None = None
+    """``eager``, ``sdpa``, ``flash_attention_2`` or ``null`` for the library default."""
+    trust_remote_code: bool = False
+    """Allow model code from the hub; off unless you trust the checkpoint."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward to save memory."""
+    lora_r: int = 16
+    """LoRA rank (paper: 16)."""
+    lora_alpha: int = 16
+    """LoRA alpha (paper: 16)."""
+    lora_dropout: float = 0.05
+    """LoRA dropout."""
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+            "lm_head",
+        ]
+    )
+    """Linear modules that get adapters (paper: all projections and the LM head)."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("lora", "fashionclip"):
+            raise ConfigError(f"model.kind must be 'lora' or 'fashionclip', got '{self.kind}'")
+        if self.dtype not in ("auto", "bfloat16", "float16", "float32"):
+            raise ConfigError(f"model.dtype '{self.dtype}' is not auto/bfloat16/float16/float32")
+        if self.lora_r < 1 or self.lora_alpha < 1:
+            raise ConfigError("model.lora_r and model.lora_alpha must be positive")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ConfigError(f"model.lora_dropout must be in [0, 1), got {self.lora_dropout}")
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser, schedule and batch sizes (paper: AdamW, 1e-4, cosine, 5% warm-up, batch 128)."""
+
+    lr: float = 1e-4
+    """Peak learning rate."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW betas."""
+    warmup_ratio: float = 0.05
+    """Share of optimiser steps spent warming up linearly."""
+    scheduler: str = "cosine"
+    """``cosine`` or ``constant`` after warm-up."""
+    effective_batch_size: int = 128
+    """Examples per optimiser step over all devices and accumulation."""
+    micro_batch_size: int = 4
+    """Examples per device per forward pass."""
+    eval_batch_size: int = 16
+    """Prompts per device per generation batch."""
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ConfigError(f"optim.lr must be positive, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(f"optim.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.scheduler not in ("cosine", "constant"):
+            raise ConfigError(f"optim.scheduler must be cosine or constant, got '{self.scheduler}'")
+        for name in ("effective_batch_size", "micro_batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"optim.{name} must be positive, got {getattr(self, name)}")
+
+
+@dataclass
+class TrainerConfig:
+    """Arguments handed to the Lightning ``Trainer``."""
+
+    accelerator: str = "auto"
+    """``auto``, ``gpu``, ``cpu``..."""
+    devices: int = 1
+    """Devices per node."""
+    num_nodes: int = 1
+    """Nodes."""
+    strategy: str = "auto"
+    """``auto``, ``ddp``, ``fsdp``, ``deepspeed_stage_2``..."""
+    precision: str = "auto"
+    """``auto`` (bf16-mixed on GPUs with bf16, else 32-true) or a Lightning precision string."""
+    max_epochs: int = 3
+    """Epochs (paper: 3)."""
+    max_steps: int = -1
+    """Stop after this many optimiser steps (-1: run all epochs)."""
+    gradient_clip_val: float | None = 1.0
+    """Clip the gradient norm to this value (``null``: no clipping)."""
+    log_every_n_steps: int = 10
+    """Logging interval in optimiser steps."""
+    val_check_interval: float | None = None
+    """Validation interval (fraction of an epoch or batches); ``null``: once per epoch."""
+    limit_train_batches: float | None = None
+    """Use only part of the training set (debugging)."""
+    limit_val_batches: float | None = None
+    """Use only part of the validation set (debugging)."""
+    ckpt_path: str | None = None
+    """Resume from this checkpoint (``last`` for the run's newest)."""
+    enable_progress_bar: bool = True
+    """Show progress bars."""
+
+    def __post_init__(self) -> None:
+        if self.devices < 1 or self.num_nodes < 1:
+            raise ConfigError("trainer.devices and trainer.num_nodes must be positive")
+        if self.max_epochs < 1 and self.max_steps < 1:
+            raise ConfigError("set trainer.max_epochs or trainer.max_steps to a positive number")
+
+
+@dataclass
+class WandbConfig:
+    """Weights & Biases logging."""
+
+    mode: str = "offline"
+    """``online``, ``offline`` or ``disabled``."""
+    project: str = "caslie"
+    """W&B project."""
+    entity: str | None = None
+    """W&B entity (team or user)."""
+    group: str | None = None
+    """Run group (sweeps and grids)."""
+    tags: list[str] = field(default_factory=list)
+    """Run tags."""
+    log_predictions: int = 64
+    """Rows per split logged to the predictions table."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("online", "offline", "disabled"):
+            raise ConfigError(
+                f"logger.wandb.mode must be online/offline/disabled, got '{self.mode}'"
+            )
+
+
+@dataclass
+class LoggerConfig:
+    """Loggers."""
+
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    """Weights & Biases settings."""
+
+
+@dataclass
+class EvalConfig:
+    """Generation-based evaluation."""
+
+    parser: str = "paper"
+    """Answer parser: ``paper`` (as the paper's scripts) or ``robust``."""
+    max_new_tokens: int | None = None
+    """Generated tokens per answer (``null``: sized to the task's longest label)."""
+    constrained: bool = False
+    """Restrict decoding to valid labels."""
+
+    def __post_init__(self) -> None:
+        if self.parser not in ("paper", "robust"):
+            raise ConfigError(f"eval.parser must be 'paper' or 'robust', got '{self.parser}'")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ConfigError("eval.max_new_tokens must be positive or null")
+
+
+@dataclass
+class Config:
+    """A whole run."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    """Run name, folder and seed."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Rows, captions, votes, fusion, prompts, tokenisation."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Model and adapter."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimiser and batch sizes."""
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    """Lightning Trainer arguments."""
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    """Loggers."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Evaluation."""
+
+    def __post_init__(self) -> None:
+        world = self.trainer.devices * self.trainer.num_nodes
+        per_step = self.optim.micro_batch_size * world
+        if self.optim.effective_batch_size % per_step:
+            raise ConfigError(
+                f"optim.effective_batch_size={self.optim.effective_batch_size} is not divisible by "
+                f"optim.micro_batch_size={self.optim.micro_batch_size} x {world} device(s) = "
+                f"{per_step}; change one of them so that gradient accumulation is a whole number"
+            )
+
+    @property
+    def accumulate_grad_batches(self) -> int:
+        """Micro-batches accumulated per optimiser step on each device."""
+        world = self.trainer.devices * self.trainer.num_nodes
+        return self.optim.effective_batch_size // (self.optim.micro_batch_size * world)
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+
+
+def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> DictConfig:
+    """Read a YAML file and, first, the files its ``base:`` list names (relative to it)."""
+    if path in chain:
+        raise ConfigError(f"config inheritance loops: {' -> '.join(map(str, chain + (path,)))}")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        node = OmegaConf.load(path)
+    except Exception as err:
+        raise ConfigError(f"cannot parse config file {path}: {err}") from None
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    bases = node.pop("base", None) or []
+    if isinstance(bases, str):
+        bases = [bases]
+    merged = OmegaConf.create({})
+    for base in bases:
+        merged = OmegaConf.merge(
+            merged, _read_yaml((path.parent / str(base)).resolve(), chain + (path,))
+        )
+    return OmegaConf.merge(merged, node)
+
+
+def _valid_keys(schema: Any, prefix: str = "") -> list[str]:
+    keys = []
+    for f in fields(schema):
+        key = f"{prefix}{f.name}"
+        keys.append(key)
+        default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+        if is_dataclass(default):
+            keys.extend(_valid_keys(default, key + "."))
+    return keys
+
+
+def _unknown_key_error(key: str, where: str) -> ConfigError:
+    valid = _valid_keys(Config)
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    if not close:  # a typo in the last part only: compare within the section
+        section, _, leaf = key.rpartition(".")
+        leaves = [k for k in valid if k.rpartition(".")[0] == section]
+        match = difflib.get_close_matches(leaf, [k.rpartition(".")[2] for k in leaves], n=1)
+        close = [f"{section}.{match[0]}" if section else match[0]] if match else []
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return ConfigError(f"unknown config key '{key}' in {where}{hint}")
+
+
+def parse_overrides(args: list[str]) -> list[str]:
+    """Turn ``a.b=c`` and ``--a.b=c`` arguments into an OmegaConf dotlist.
+
+    ``None``/``none`` values (what ``str(None)`` gives a sweep agent) become YAML ``null``.
+    """
+    out = []
+    for arg in args:
+        item = arg[2:] if arg.startswith("--") else arg
+        if "=" not in item:
+            raise ConfigError(f"override '{arg}' is not of the form key=value (or --key=value)")
+        key, value = item.split("=", 1)
+        if value in ("None", "none"):
+            value = "null"
+        out.append(f"{key}={value}")
+    return out
+
+
+def _wrap_scalars_for_lists(base: DictConfig, other: DictConfig) -> None:
+    """Let a list field take a single value (``data.tasks=sa`` means ``[sa]``)."""
+    for key in list(other.keys()):
+        if key not in base:
+            continue
+        target, value = base._get_node(key), other[key]
+        if isinstance(target, ListConfig) and not isinstance(value, (list, ListConfig)):
+            if value is not None:
+                other[key] = [value]
+        elif isinstance(target, DictConfig) and isinstance(value, DictConfig):
+            _wrap_scalars_for_lists(target, value)
+
+
+def _merge(base: DictConfig, other: DictConfig, where: str) -> DictConfig:
+    _wrap_scalars_for_lists(base, other)
+    try:
+        return OmegaConf.merge(base, other)
+    except ConfigKeyError as err:
+        raise _unknown_key_error(str(err.full_key), where) from None
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", "") or "?"
+        msg = str(err).splitlines()[0]
+        raise ConfigError(f"bad value for config key '{key}' in {where}: {msg}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Build and validate a run config.
+
+    Args:
+        path: YAML file (its ``base:`` files are merged first), or ``None`` for the defaults.
+        overrides: ``key=value`` or ``--key=value`` strings applied last.
+
+    Returns:
+        The validated :class:`Config`.
+
+    Raises:
+        ConfigError: unknown keys (with the closest valid key), bad types or values.
+    """
+    cfg = OmegaConf.structured(Config)
+    if path is not None:
+        cfg = _merge(cfg, _read_yaml(Path(path).resolve()), str(path))
+    if overrides:
+        dotlist = parse_overrides(overrides)
+        try:
+            other = OmegaConf.from_dotlist(dotlist)
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"cannot parse overrides {dotlist}: {err}") from None
+        cfg = _merge(cfg, other, "command-line overrides")
+    return to_object(cfg)
+
+
+def to_object(cfg: DictConfig) -> Config:
+    """Instantiate the dataclasses (running every ``__post_init__`` check)."""
+    try:
+        obj = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as err:
+        cause = err.__cause__ if isinstance(err.__cause__, ConfigError) else None
+        if cause is not None:
+            raise cause from None
+        raise ConfigError(str(err).splitlines()[0]) from None
+    assert isinstance(obj, Config)
+    return obj
+
+
+def to_yaml(cfg: Config) -> str:
+    """The resolved config as YAML."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """The resolved config as plain containers (for loggers)."""
+    container = OmegaConf.to_container(OmegaConf.structured(cfg))
+    assert isinstance(container, dict)
+    return container  # type: ignore[return-value]
+
+
+def save_config(cfg: Config, run_dir: str | Path, allow_change: bool = False) -> Path:
+    """Write ``config.yaml`` into the run folder.
+
+    A run folder that already holds a different config is refused (resuming with other settings
+    silently mixes two experiments) unless ``allow_change`` is set.
+
+    Returns:
+        The path written.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "config.yaml"
+    text = to_yaml(cfg)
+    if path.exists() and not allow_change:
+        old = OmegaConf.load(path)
+        new = OmegaConf.create(text)
+        if old != new:
+            diff = _diff_keys(old, new)
+            raise ConfigError(
+                f"run folder {run_dir} already holds a different config (changed: "
+                f"{', '.join(diff[:8])}); choose another run.name or delete the folder"
+            )
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
+
+
+def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, DictConfig) and isinstance(b, DictConfig):
+        out = []
+        for key in sorted(set(a.keys()) | set(b.keys())):
+            sub = f"{prefix}{key}"
+            if key not in a or key not in b:
+                out.append(sub)
+            else:
+                out.extend(_diff_keys(a[key], b[key], sub + "."))
+        return out
+    if isinstance(a, ListConfig) and isinstance(b, ListConfig):
+        return [] if list(a) == list(b) else [prefix.rstrip(".")]
+    return [] if a == b else [prefix.rstrip(".")]

@@ -1,0 +1,247 @@
+"""Caption fusion: put the captions that the strategy keeps into the item text.
+
+Byte-compatible with the released CASLIE models (DESIGN.md):
+
+* sr: history item ``input[j]`` and option ``options[j]`` get ``" " + caption`` appended when kept
+  (captions index the history items first, then the options);
+* prp: ``input["product 1 information extracted from image"]`` and ``"product 2 ..."`` hold the
+  caption or ``null``;
+* other tasks: ``input["product information extracted from image"]`` holds the caption or ``null``;
+* ``input`` and ``options`` are re-serialised with ``json.dumps`` (Python defaults), fused or not.
+
+Strategies: ``none`` (text only), ``uia`` (use it always), ``mv`` (majority of the configured voters),
+``single:<voter>`` (one voter decides).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from caslie.cache import CaptionCache, VoteCache, text_hash
+from caslie.config import DataConfig
+from caslie.data.records import DataError, Record
+
+SINGLE_KEY = "product information extracted from image"
+PRP_KEYS = (
+    "product 1 information extracted from image",
+    "product 2 information extracted from image",
+)
+
+
+class CoverageError(DataError):
+    """Votes (or captions) are missing for rows the run needs."""
+
+
+@dataclass(frozen=True)
+class FusedExample:
+    """A record with its captions decided and its text fused.
+
+    Attributes:
+        record: The source record.
+        input_text: ``json.dumps`` of the fused input.
+        options_text: ``json.dumps`` of the fused options, or ``None`` when the row has none.
+        captions: Caption per image slot (``None`` where there is none).
+        used: Whether each slot's caption went into the text.
+        votes: Per slot, each voter's vote (empty under ``none``/``uia``).
+    """
+
+    record: Record
+    input_text: str
+    options_text: str | None
+    captions: tuple[str | None, ...]
+    used: tuple[bool, ...]
+    votes: tuple[dict[str, str], ...]
+
+
+@dataclass
+class FusionReport:
+    """Caption usage per (task, split), and rows dropped for missing captions."""
+
+    slots: Counter = field(default_factory=Counter)
+    used: Counter = field(default_factory=Counter)
+    skipped: Counter = field(default_factory=Counter)
+
+    def used_pct(self) -> dict[str, dict[str, float]]:
+        """``{split: {task: caption used %}}`` over image slots."""
+        out: dict[str, dict[str, float]] = {}
+        for (task, split), n in sorted(self.slots.items()):
+            out.setdefault(split, {})[task] = (
+                round(100.0 * self.used[(task, split)] / n, 1) if n else 0.0
+            )
+        return out
+
+    def table(self) -> str:
+        """Caption used % as a small text table (rows: splits, columns: tasks)."""
+        pct = self.used_pct()
+        tasks = sorted({t for split in pct.values() for t in split}, key=_task_order)
+        lines = ["caption used %  " + " ".join(f"{t:>6}" for t in tasks)]
+        for split, row in pct.items():
+            lines.append(
+                f"{split:<15} " + " ".join(f"{row.get(t, float('nan')):>6.1f}" for t in tasks)
+            )
+        return "\n".join(lines)
+
+
+def _task_order(code: str) -> int:
+    from caslie.tasks import TASK_CODES
+
+    return TASK_CODES.index(code)
+
+
+def fuse_text(
+    record: Record, captions: Sequence[str | None], used: Sequence[bool]
+) -> tuple[str, str | None]:
+    """Serialise a record's input and options with the kept captions fused in.
+
+    Args:
+        record: The row.
+        captions: Caption per image slot.
+        used: Whether each slot's caption is kept; ``None`` for text-only (no keys added).
+
+    Returns:
+        ``(input_text, options_text)``; ``options_text`` is ``None`` for rows without options.
+    """
+    options = list(record.options) if record.options is not None else None
+    if record.task == "sr":
+        inp = list(record.input)
+        n = len(inp)
+        for j in range(n):
+            if used[j]:
+                inp[j] = inp[j] + " " + captions[j]
+        for j in range(len(options or [])):
+            if used[n + j]:
+                options[j] = options[j] + " " + captions[n + j]  # type: ignore[index]
+    else:
+        inp = dict(record.input)
+        keys = PRP_KEYS if record.task == "prp" else (SINGLE_KEY,)
+        for j, key in enumerate(keys):
+            inp[key] = captions[j] if used[j] else None
+    return json.dumps(inp), (json.dumps(options) if options is not None else None)
+
+
+def text_only(record: Record) -> tuple[str, str | None]:
+    """Input and options re-serialised without any caption (the ``none`` strategy)."""
+    options = json.dumps(list(record.options)) if record.options is not None else None
+    return json.dumps(record.input), options
+
+
+def decide(votes: dict[str, str], voters: Sequence[str], tie: str) -> bool:
+    """Majority of ``voters``: more yes than no keeps the caption; a tie goes to ``tie``."""
+    yes = sum(votes[v] == "yes" for v in voters)
+    no = len(voters) - yes
+    return yes > no or (yes == no and tie == "yes")
+
+
+class CaptionSource:
+    """Captions per record: the rows' ``caption_info`` or a caption cache."""
+
+    def __init__(self, cfg: DataConfig):
+        self.from_dataset = cfg.captions == "dataset"
+        self._cache = {}
+        if not self.from_dataset:
+            self._cache = CaptionCache(cfg.captions).load(model=cfg.caption_model)
+
+    def get(self, record: Record) -> tuple[str | None, ...] | None:
+        """Captions per image slot, or ``None`` when the dataset row has no ``caption_info``."""
+        if self.from_dataset:
+            return record.captions
+        out = []
+        for j in range(len(record.images)):
+            entry = self._cache.get((record.id, j))
+            ok = entry is not None and entry.get("status", "ok") == "ok"
+            out.append(entry["caption"] if ok else None)
+        return tuple(out)
+
+
+def fuse_records(
+    records: Sequence[Record], cfg: DataConfig
+) -> tuple[list[FusedExample], FusionReport]:
+    """Apply ``cfg.fusion`` to every record.
+
+    Captions that are missing or failed are never fused. Under ``mv``/``single`` every caption
+    the run needs must have a vote from every voter that decides.
+
+    Raises:
+        CoverageError: votes missing, naming how many, for which voters, and the command that
+            produces them; or a row without ``caption_info`` under ``on_error=raise``.
+    """
+    report = FusionReport()
+    kind = cfg.fusion_kind
+    if kind == "none":
+        out = []
+        for r in records:
+            n = len(r.images)
+            report.slots[(r.task, r.split)] += n
+            inp, opts = text_only(r)
+            out.append(FusedExample(r, inp, opts, (None,) * n, (False,) * n, ({},) * n))
+        return out, report
+
+    captions = CaptionSource(cfg)
+    voters = cfg.fusion_voters
+    vote_tables = _load_votes(cfg, voters) if voters else {}
+    missing: Counter = Counter()
+    missing_examples: list[str] = []
+    out = []
+    for r in records:
+        caps = captions.get(r)
+        if caps is None:
+            if cfg.on_error == "raise":
+                raise CoverageError(
+                    f"{r.location}: row {r.id}: field 'caption_info': missing, but data.fusion="
+                    f"{cfg.fusion} reads captions from the dataset; caption the rows with `caslie "
+                    f"caption` and set data.captions, or use data.on_error=skip"
+                )
+            report.skipped["caption_info missing"] += 1
+            continue
+        used, votes = [], []
+        for j, cap in enumerate(caps):
+            slot_votes: dict[str, str] = {}
+            if cap is not None and cap.strip():
+                sha = text_hash(cap)
+                for v in voters:
+                    entry = vote_tables[v].get((r.id, j, sha))
+                    if entry is not None:
+                        slot_votes[v] = entry["vote"]
+                        continue
+                    missing[v] += 1
+                    if len(missing_examples) < 3 and f"{r.id}[{j}]" not in missing_examples:
+                        missing_examples.append(f"{r.id}[{j}]")
+            usable = cap is not None and bool(cap.strip())
+            keep = usable and (
+                kind == "uia"
+                or (len(slot_votes) == len(voters) and decide(slot_votes, voters, cfg.mv_tie))
+            )
+            used.append(keep)
+            votes.append(slot_votes)
+        report.slots[(r.task, r.split)] += len(caps)
+        report.used[(r.task, r.split)] += sum(used)
+        inp, opts = fuse_text(r, caps, used)
+        out.append(FusedExample(r, inp, opts, tuple(caps), tuple(used), tuple(votes)))
+    if missing:
+        per_voter = ", ".join(f"{v}: {n}" for v, n in sorted(missing.items()))
+        raise CoverageError(
+            f"data.fusion={cfg.fusion} needs a vote from every voter on every caption, but votes "
+            f"are missing in {cfg.votes} ({per_voter} captions; e.g. {', '.join(missing_examples)}). "
+            f"Produce them with: caslie vote --config configs/cqe/paper.yaml "
+            f"data.source={cfg.source} data.votes={cfg.votes}"
+        )
+    return out, report
+
+
+def _load_votes(cfg: DataConfig, voters: Sequence[str]) -> dict[str, dict]:
+    if not cfg.votes:
+        raise CoverageError(
+            f"data.fusion={cfg.fusion} needs votes: set data.votes to a vote cache folder "
+            f"(filled by `caslie vote`), or use data.fusion=uia or none"
+        )
+    cache = VoteCache(Path(cfg.votes))
+    if not cache.folder.is_dir():
+        raise CoverageError(
+            f"vote cache {cfg.votes} does not exist. Produce it with: caslie vote --config "
+            f"configs/cqe/paper.yaml data.source={cfg.source} data.votes={cfg.votes}"
+        )
+    return {v: cache.load(v) for v in voters}
