@@ -1,0 +1,93 @@
+"""The ``caslie`` console script."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from caslie.config import SPLITS, Config, ConfigError, load_config
+from caslie.data.records import DataError, load_records
+from caslie.fusion import fuse_records
+from caslie.hub import HubUnavailableError
+from caslie.prompts import render_prompt
+
+log = logging.getLogger("caslie")
+
+
+def _tokenizer_for(cfg: Config):
+    if cfg.data.prompt_template != "chat":
+        return None
+    from caslie.offline import load_tokenizer
+
+    return load_tokenizer(
+        cfg.model.tokenizer or cfg.model.name_or_path,
+        cfg.model.revision,
+        cfg.model.trust_remote_code,
+    )
+
+
+def inspect(cfg: Config, split: str, n: int, fmt: str, out=sys.stdout) -> int:
+    """Print the exact prompts the model will see for ``n`` rows per task of ``split``.
+
+    Returns:
+        The number of prompts printed.
+    """
+    records, report = load_records(cfg.data, splits=[split])
+    per_task: dict[str, int] = {}
+    chosen = []
+    for r in records:
+        if per_task.get(r.task, 0) < n:
+            per_task[r.task] = per_task.get(r.task, 0) + 1
+            chosen.append(r)
+    fused, fusion_report = fuse_records(chosen, cfg.data)
+    tokenizer = _tokenizer_for(cfg)
+    for ex in fused:
+        r = ex.record
+        prompt = render_prompt(
+            r.instruction, ex.input_text, ex.options_text, cfg.data.prompt_template, tokenizer
+        )
+        if fmt == "jsonl":
+            row = {"id": r.id, "task": r.task, "split": r.split, "prompt": prompt, "target": r.output,
+                   "captions": list(ex.captions), "caption_used": list(ex.used), "votes": list(ex.votes)}  # fmt: skip
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+            continue
+        out.write(f"=== {r.id}  task={r.task}  split={r.split}  ({r.location})\n")
+        for j, (used, votes) in enumerate(zip(ex.used, ex.votes, strict=True)):
+            tally = " ".join(f"{v}={x}" for v, x in votes.items()) or "-"
+            out.write(f"--- image {j}: {'USED' if used else 'not used'}; votes: {tally}\n")
+        out.write(prompt)
+        out.write(f"<target> {r.output}\n\n")
+    if fmt == "text":
+        out.write(report.summary() + "\n")
+        if cfg.data.fusion != "none":
+            out.write(f"fusion={cfg.data.fusion} over the printed rows:\n{fusion_report.table()}\n")
+    return len(fused)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``caslie``."""
+    parser = argparse.ArgumentParser(prog="caslie", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    ins = sub.add_parser("inspect", help="print the fused prompts the model will see")
+    ins.add_argument("--config", required=True, help="YAML config")
+    ins.add_argument("--split", default="train", choices=SPLITS)
+    ins.add_argument("--n", type=int, default=3, help="rows per task")
+    ins.add_argument("--format", default="text", choices=("text", "jsonl"))
+    args, overrides = parser.parse_known_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(args.config, overrides)
+        if args.command == "inspect":
+            inspect(cfg, args.split, args.n, args.format)
+    except (ConfigError, DataError, HubUnavailableError, FileNotFoundError) as err:
+        print(f"caslie: error: {err}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # output piped into `head`: not an error
+        sys.stderr.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

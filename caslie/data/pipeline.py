@@ -1,0 +1,238 @@
+"""Rows -> fused prompts -> tokenised Arrow datasets, cached by everything that changes them.
+
+The first build loads and validates rows, fuses captions, renders prompts and tokenises with
+``datasets.map`` (batched, fast tokenizer); the result is saved as Arrow under
+``<data.cache_dir>/tokenised/<fingerprint>`` with a manifest of counts. The fingerprint covers the
+data config, the state of the source files and caches, the tokenizer and this module's format
+version, so a second build with the same inputs only memory-maps the saved files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+from caslie.cache import folder_state
+from caslie.config import DataConfig
+from caslie.data.records import DataError, load_records, resolve_source
+from caslie.data.tokenize import Tokenise, split_prompt
+from caslie.fusion import FusedExample, fuse_records
+from caslie.prompts import render_prompt, template_adds_bos
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+"""Bump when the built columns or their meaning change (invalidates old caches)."""
+
+
+@dataclass
+class BuiltData:
+    """Tokenised splits and what the build counted.
+
+    Attributes:
+        splits: ``{split: datasets.Dataset}`` with columns ``id``, ``task``, ``split``, ``prompt``,
+            ``target``, ``input_ids``, ``prompt_len``, ``length``, ``trimmed``, ``captions``,
+            ``caption_used``, ``votes``, ``images``.
+        manifest: Counts: rows per task and split, skipped rows, trimmed and too-long examples,
+            caption used % per split and task, build time.
+        path: The cache folder.
+        from_cache: Whether this call reused a previous build.
+    """
+
+    splits: dict[str, datasets.Dataset]
+    manifest: dict[str, Any]
+    path: Path
+    from_cache: bool = False
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+def _source_state(source: str) -> Any:
+    kind, where = resolve_source(source)
+    if kind == "hub":
+        return ["hub", str(where)]
+    path = Path(where)
+    files = [path] if kind == "file" else sorted(p for p in path.iterdir() if p.is_file())
+    return [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """Hash of the tokenizer's vocabulary, rules, special tokens and chat template."""
+    h = hashlib.blake2b(digest_size=8)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    h.update(
+        backend.to_str().encode() if backend is not None else repr(tokenizer.get_vocab()).encode()
+    )
+    specials = [
+        tokenizer.bos_token,
+        tokenizer.eos_token,
+        tokenizer.pad_token,
+        tokenizer.chat_template,
+    ]
+    h.update(json.dumps(specials, default=str).encode())
+    return h.hexdigest()
+
+
+def fingerprint(cfg: DataConfig, tokenizer: Any, splits: list[str]) -> str:
+    """Key of a build: every input that changes the tokenised output."""
+    fields = asdict(cfg)
+    for unrelated in (
+        "num_workers",
+        "group_by_length",
+        "pad_to_multiple_of",
+        "cache_dir",
+        "image_root",
+    ):
+        fields.pop(unrelated)
+    state = {
+        "version": FORMAT_VERSION,
+        "config": fields,
+        "splits": sorted(splits),
+        "source": _source_state(cfg.source),
+        "captions": folder_state(cfg.captions) if cfg.captions != "dataset" else None,
+        "votes": {v: folder_state(Path(cfg.votes) / v) for v in cfg.fusion_voters}
+        if cfg.votes
+        else None,
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+    }
+    blob = json.dumps(state, sort_keys=True, default=str).encode()
+    return hashlib.blake2b(blob, digest_size=10).hexdigest()
+
+
+def _columns(examples: list[FusedExample], cfg: DataConfig, tokenizer: Any) -> dict[str, list]:
+    cols: dict[str, list] = {k: [] for k in ("id", "task", "split", "head", "input_text", "tail", "target",
+                                             "captions", "caption_used", "votes", "images")}  # fmt: skip
+    for ex in examples:
+        r = ex.record
+        render = partial(_render, r.instruction, ex.options_text, cfg.prompt_template, tokenizer)
+        head, tail = split_prompt(render)
+        cols["id"].append(r.id)
+        cols["task"].append(r.task)
+        cols["split"].append(r.split)
+        cols["head"].append(head)
+        cols["input_text"].append(ex.input_text)
+        cols["tail"].append(tail)
+        cols["target"].append(r.output)
+        cols["captions"].append(json.dumps(list(ex.captions)))
+        cols["caption_used"].append(list(ex.used))
+        cols["votes"].append(json.dumps(list(ex.votes)))
+        cols["images"].append(json.dumps(list(r.images)))
+    return cols
+
+
+def _render(
+    instruction: str, options_text: str | None, template: str, tokenizer: Any, input_text: str
+) -> str:
+    return render_prompt(instruction, input_text, options_text, template, tokenizer)
+
+
+def build_dataset(cfg: DataConfig, tokenizer: Any, splits: list[str] | None = None) -> BuiltData:
+    """Build (or reuse) the tokenised datasets for ``splits`` (default: train + eval splits).
+
+    Raises:
+        DataError: invalid rows (``on_error=raise``), missing votes, or an example that cannot fit
+            ``max_length`` even without its input under ``on_error=raise``.
+    """
+    splits = splits or [cfg.train_split, *cfg.eval_splits]
+    key = fingerprint(cfg, tokenizer, splits)
+    path = Path(cfg.cache_dir) / "tokenised" / key
+    if (path / "manifest.json").is_file():
+        start = time.perf_counter()
+        manifest = json.loads((path / "manifest.json").read_text())
+        loaded = {s: datasets.load_from_disk(str(path / s)) for s in manifest["splits"]}
+        return BuiltData(loaded, manifest, path, True, {"load_s": time.perf_counter() - start})
+
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    records, load_report = load_records(cfg, splits=splits)
+    timings["load_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    fused, fusion_report = fuse_records(records, cfg)
+    cols = _columns(fused, cfg, tokenizer)
+    timings["fuse_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    raw = datasets.Dataset.from_dict(cols)
+    tokenise = Tokenise(tokenizer, cfg.max_length, template_adds_bos(cfg.prompt_template))
+    with _quiet_datasets():
+        tokenised = raw.map(
+            tokenise, batched=True, batch_size=1000, remove_columns=["head", "input_text", "tail"]
+        )
+    too_long = [i for i, keep in enumerate(tokenised["keep"]) if not keep]
+    if too_long:
+        first = tokenised[too_long[0]]
+        message = (
+            f"{len(too_long)} example(s) do not fit data.max_length={cfg.max_length} even with "
+            f"their input text removed (first: row {first['id']}, task {first['task']}); raise "
+            f"data.max_length"
+        )
+        if cfg.on_error == "raise":
+            raise DataError(message)
+        log.warning("%s; skipping them (data.on_error=skip)", message)
+        with _quiet_datasets():
+            tokenised = tokenised.filter(lambda keep: keep, input_columns="keep")
+    tokenised = tokenised.remove_columns("keep")
+    timings["tokenise_s"] = time.perf_counter() - t0
+
+    with _quiet_datasets():
+        by_split = {
+            s: tokenised.filter(lambda sp, s=s: sp == s, input_columns="split") for s in splits
+        }
+    by_split = {s: d for s, d in by_split.items() if len(d)}
+    manifest = {
+        "fingerprint": key,
+        "source": cfg.source,
+        "fusion": cfg.fusion,
+        "splits": sorted(by_split),
+        "rows": {f"{t}/{s}": n for (t, s), n in sorted(load_report.kept.items())},
+        "rows_read": load_report.rows_read,
+        "skipped_invalid": dict(load_report.skipped),
+        "skipped_no_captions": dict(fusion_report.skipped),
+        "duplicate_ids": load_report.duplicate_ids,
+        "trimmed": dict(Counter(f"{t}/{s}" for t, s, tr in zip(tokenised["task"], tokenised["split"], tokenised["trimmed"], strict=True) if tr)),
+        "too_long_dropped": len(too_long) if cfg.on_error == "skip" else 0,
+        "caption_used_pct": fusion_report.used_pct(),
+        "timings": timings,
+    }  # fmt: skip
+    _save(by_split, manifest, path)
+    return BuiltData(by_split, manifest, path, False, timings)
+
+
+class _quiet_datasets:
+    """Silence ``datasets`` progress bars inside a block."""
+
+    def __enter__(self) -> None:
+        self.was = datasets.utils.logging.is_progress_bar_enabled()
+        datasets.utils.logging.disable_progress_bar()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.was:
+            datasets.utils.logging.enable_progress_bar()
+
+
+def _save(by_split: dict[str, datasets.Dataset], manifest: dict, path: Path) -> None:
+    """Write to a temporary folder and rename, so a killed build never leaves a half cache."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=path.parent))
+    try:
+        with _quiet_datasets():
+            for split, ds in by_split.items():
+                ds.save_to_disk(str(tmp / split))
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        with contextlib.suppress(OSError):  # a concurrent build of the same key finished first
+            tmp.rename(path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    # Re-open from the final location so the returned datasets do not point at the temp folder.
+    for split in list(by_split):
+        by_split[split] = datasets.load_from_disk(str(path / split))

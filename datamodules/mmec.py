@@ -1,0 +1,114 @@
+"""MMECDataModule: the LightningDataModule over MMECInstruct (generalist or task-specific)."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from caslie.config import DataConfig
+from caslie.data.pipeline import BuiltData, build_dataset
+from caslie.data.sampler import LengthGroupedBatchSampler
+from caslie.data.tokenize import collate_generate, collate_train
+
+
+class MMECDataModule(L.LightningDataModule):
+    """Tokenised MMECInstruct splits with length-grouped, dynamically padded batches.
+
+    ``data.tasks`` selects the generalist (all tasks) or a task-specific model. The build runs once
+    in ``prepare_data`` (local rank zero) and is memory-mapped from the cache in ``setup`` on every
+    rank. Batches are dealt per rank by :class:`LengthGroupedBatchSampler`, so run the Trainer with
+    ``use_distributed_sampler=False``.
+
+    Args:
+        cfg: The data config.
+        tokenizer: A tokenizer with EOS and a pad token.
+        micro_batch_size: Training examples per device per step.
+        eval_batch_size: Prompts per device per generation batch.
+        seed: Shuffling seed.
+    """
+
+    def __init__(self, cfg: DataConfig, tokenizer: Any, micro_batch_size: int = 4,
+                 eval_batch_size: int = 16, seed: int = 42):  # fmt: skip
+        super().__init__()
+        if tokenizer.pad_token_id is None:
+            raise ValueError(
+                "the tokenizer has no pad token; load it with caslie.offline.load_tokenizer"
+            )
+        self.cfg, self.tokenizer = cfg, tokenizer
+        self.micro_batch_size, self.eval_batch_size, self.seed = (
+            micro_batch_size,
+            eval_batch_size,
+            seed,
+        )
+        self.built: BuiltData | None = None
+
+    def prepare_data(self) -> None:
+        """Build the tokenised cache (once per node)."""
+        build_dataset(self.cfg, self.tokenizer)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Open the cached splits."""
+        if self.built is None:
+            self.built = build_dataset(self.cfg, self.tokenizer)
+
+    @property
+    def splits(self) -> dict:
+        """The tokenised splits (after ``setup``)."""
+        if self.built is None:
+            self.setup()
+        assert self.built is not None
+        return self.built.splits
+
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, 1
+        return trainer.global_rank, trainer.world_size
+
+    def batch_sampler(
+        self, split: str, batch_size: int, shuffle: bool
+    ) -> LengthGroupedBatchSampler:
+        """The sampler a loader of ``split`` uses on this rank."""
+        rank, world = self._rank_world()
+        return LengthGroupedBatchSampler(
+            self.splits[split]["length"], batch_size, shuffle=shuffle,
+            group_by_length=self.cfg.group_by_length, seed=self.seed, rank=rank, world_size=world,
+        )  # fmt: skip
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool, collate) -> DataLoader:
+        if split not in self.splits:
+            raise ValueError(
+                f"split '{split}' has no rows for tasks {self.cfg.tasks} in {self.cfg.source} "
+                f"(available: {', '.join(self.splits) or 'none'})"
+            )
+        pad, multiple = self.tokenizer.pad_token_id, self.cfg.pad_to_multiple_of
+        return DataLoader(
+            self.splits[split],
+            batch_sampler=self.batch_sampler(split, batch_size, shuffle),
+            collate_fn=partial(collate, pad_id=pad, multiple=multiple),
+            num_workers=self.cfg.num_workers,
+            persistent_workers=self.cfg.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled, length-grouped, right-padded training batches with answer-only labels."""
+        return self._loader(self.cfg.train_split, self.micro_batch_size, True, collate_train)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation batches for the teacher-forced loss."""
+        return self._loader("val", self.micro_batch_size, False, collate_train)
+
+    def eval_dataloader(self, split: str) -> DataLoader:
+        """Left-padded prompts of ``split`` for batched generation, longest first."""
+        return self._loader(split, self.eval_batch_size, False, collate_generate)
+
+    def test_dataloader(self) -> list[DataLoader]:
+        """Generation loaders for the configured test splits that have rows."""
+        return [
+            self.eval_dataloader(s)
+            for s in self.cfg.eval_splits
+            if s.startswith("test") and s in self.splits
+        ]

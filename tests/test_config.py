@@ -1,0 +1,100 @@
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from caslie.config import ConfigError, load_config, parse_overrides, save_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_are_the_papers_hyper_parameters():
+    cfg = load_config()
+    assert cfg.optim.lr == 1e-4
+    assert cfg.optim.effective_batch_size == 128
+    assert cfg.optim.warmup_ratio == 0.05
+    assert cfg.optim.scheduler == "cosine"
+    assert cfg.trainer.max_epochs == 3
+    assert (cfg.model.lora_r, cfg.model.lora_alpha, cfg.model.lora_dropout) == (16, 16, 0.05)
+    assert "lm_head" in cfg.model.lora_target_modules
+    assert cfg.data.tasks == ["ap", "cc", "prp", "psi", "mpc", "sa", "sr"]
+    assert cfg.accumulate_grad_batches == 32
+
+
+def test_inheritance_then_file_then_overrides(tmp_path: Path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.yaml").write_text("optim:\n  lr: 0.5\n  micro_batch_size: 8\nrun:\n  name: a\n")
+    (tmp_path / "b.yaml").write_text("optim:\n  lr: 0.25\n")
+    (tmp_path / "sub" / "exp.yaml").write_text("base: [../a.yaml, ../b.yaml]\nrun:\n  name: exp\n")
+    cfg = load_config(tmp_path / "sub" / "exp.yaml")
+    assert cfg.optim.lr == 0.25  # later base wins
+    assert cfg.optim.micro_batch_size == 8  # from the first base
+    assert cfg.run.name == "exp"  # the file itself wins over its bases
+    cfg = load_config(tmp_path / "sub" / "exp.yaml", ["optim.lr=0.125", "--run.name=cli"])
+    assert (cfg.optim.lr, cfg.run.name) == (0.125, "cli")
+
+
+def test_inheritance_loop_is_reported(tmp_path: Path):
+    (tmp_path / "a.yaml").write_text("base: [b.yaml]\n")
+    (tmp_path / "b.yaml").write_text("base: [a.yaml]\n")
+    with pytest.raises(ConfigError, match="loops"):
+        load_config(tmp_path / "a.yaml")
+
+
+def test_sweep_style_arguments():
+    assert parse_overrides(["--data.votes=None", "a=1"]) == ["data.votes=null", "a=1"]
+    cfg = load_config(None, ["--data.votes=None", "--data.tasks=sa", "--optim.lr=0.001"])
+    assert cfg.data.votes is None
+    assert cfg.data.tasks == ["sa"]
+    assert cfg.optim.lr == 0.001
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (["optim.lrr=1"], "did you mean 'optim.lr'"),
+        (["optm.lr=1"], "did you mean 'optim'"),
+        (["data.fusin=mv"], "did you mean 'data.fusion'"),
+        (["optim.lr=-1"], "optim.lr must be positive"),
+        (["data.fusion=majority"], "unknown data.fusion 'majority'"),
+        (["data.tasks=[sa,sentimnt_analysis]"], "did you mean 'sentiment_analysis'"),
+        (["optim.micro_batch_size=5"], "not divisible"),
+        (["trainer.devices=3"], "not divisible"),
+        (["optim.lr=abc"], "optim.lr"),
+        (["data.on_error=ignore"], "data.on_error"),
+        (["data.eval_splits=[test_iid]"], "unknown split 'test_iid'"),
+        (["noequals"], "key=value"),
+    ],
+)
+def test_bad_config_fails_clearly(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, override)
+
+
+def test_typo_in_a_file_names_the_file(tmp_path: Path):
+    path = tmp_path / "x.yaml"
+    path.write_text("optim:\n  effective_batch: 64\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "optim.effective_batch" in str(err.value)
+    assert "optim.effective_batch_size" in str(err.value)
+    assert str(path) in str(err.value)
+
+
+def test_save_config_refuses_a_different_config_in_the_same_run(tmp_path: Path):
+    cfg = load_config(None, ["run.name=x"])
+    path = save_config(cfg, tmp_path / "run")
+    assert OmegaConf.load(path).optim.lr == cfg.optim.lr
+    save_config(cfg, tmp_path / "run")  # same config: fine (resume)
+    other = load_config(None, ["run.name=x", "optim.lr=0.5"])
+    with pytest.raises(ConfigError, match=r"different config \(changed: optim.lr"):
+        save_config(other, tmp_path / "run")
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path: Path):
+    if path.parent.name in ("strategy", "grids", "cqe", "caption"):
+        pytest.skip("not a run config")
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("#"), "configs open with the command that runs them"
+    load_config(path)
