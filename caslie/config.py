@@ -439,7 +439,8 @@ def _unknown_key_error(key: str, where: str) -> ConfigError:
 def parse_overrides(args: list[str]) -> list[str]:
     """Turn ``a.b=c`` and ``--a.b=c`` arguments into an OmegaConf dotlist.
 
-    ``None``/``none`` values (what ``str(None)`` gives a sweep agent) become YAML ``null``.
+    ``None`` (what ``str(None)`` gives a sweep agent) becomes YAML ``null``; lower-case ``none``
+    stays a string (it is a fusion strategy).
     """
     out = []
     for arg in args:
@@ -447,7 +448,7 @@ def parse_overrides(args: list[str]) -> list[str]:
         if "=" not in item:
             raise ConfigError(f"override '{arg}' is not of the form key=value (or --key=value)")
         key, value = item.split("=", 1)
-        if value in ("None", "none"):
+        if value == "None":
             value = "null"
         out.append(f"{key}={value}")
     return out

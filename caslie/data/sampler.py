@@ -4,9 +4,10 @@ Examples are shuffled, cut into mega-batches of ``group`` global batches, sorted
 mega-batch, and cut into global batches of ``batch_size x world_size``; the global batches are then
 shuffled. Each global batch is dealt to the ranks in turn, so all ranks see similar lengths at each
 step. The longest global batch goes first, so an out-of-memory error shows at step one, not hours in.
-When examples do not fill the last global batch, indices from the start are repeated (as
-``DistributedSampler`` does) so every rank runs the same number of steps; evaluation deduplicates
-by row id.
+When training examples do not fill the last global batch, indices from the start are repeated (as
+``DistributedSampler`` does) so every rank runs the same number of full steps. Evaluation order is
+longest first and is topped up only to a multiple of the world size (the last batch may be short);
+evaluation deduplicates by row id.
 """
 
 from __future__ import annotations
@@ -63,8 +64,9 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
             order = torch.argsort(self.lengths, descending=True, stable=True)
         else:
             order = torch.randperm(n, generator=gen)
-        pad = (-n) % step
-        if pad:  # repeat from the start so every rank gets full, equal batches
+        # Training tops up to full global batches; evaluation only to equal shares per rank.
+        pad = (-n) % (step if self.shuffle else self.world_size)
+        if pad:  # repeat from the start
             order = torch.cat(
                 [order, order[:pad].clone() if pad <= n else order.repeat(pad // n + 1)[:pad]]
             )
