@@ -1,0 +1,40 @@
+#!/usr/bin/env python
+"""python train.py --config configs/X.yaml [key=value | --key=value ...]"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from caslie.config import ConfigError, load_config
+from caslie.data.records import DataError
+from caslie.hub import HubUnavailableError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--config", required=True, help="YAML config (its base: files are merged first)"
+    )
+    args, overrides = parser.parse_known_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        from caslie.train import run
+
+        result = run(load_config(args.config, overrides))
+    except (ConfigError, DataError, HubUnavailableError, FileNotFoundError) as err:
+        print(f"train.py: error: {err}", file=sys.stderr)
+        return 2
+    print(f"run folder: {result.run_dir}")
+    print(
+        json.dumps(
+            {k: result.data_manifest[k] for k in ("rows", "caption_used_pct", "trimmed")}, indent=1
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
