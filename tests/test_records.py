@@ -147,3 +147,14 @@ def test_records_keep_parsed_fields(sample_config):
     prp = next(r for r in recs if r.task == "prp")
     assert set(prp.input) == {"product 1", "product 2"} and len(prp.images) == 2
     assert Path(prp.location.rsplit(":", 1)[0]).name == "rows.jsonl"
+
+
+def test_repeated_rows_get_distinct_ids_and_urls_need_no_download(
+    sample_config, tmp_path, sample_rows
+):
+    row = dict(sample_rows[0], images=json.dumps(["https://images.example.com/t08.jpg"]))
+    path = write_jsonl(tmp_path / "rows.jsonl", [row, row])
+    recs, report = load_records(sample_config(f"data.source={path}").data, splits=["train"])
+    assert recs[1].id == recs[0].id + "#2"
+    assert report.duplicate_ids == 1 and "repeat an earlier row" in report.summary()
+    assert recs[0].images == ("https://images.example.com/t08.jpg",)

@@ -15,7 +15,7 @@ import logging
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -357,14 +357,8 @@ def validate_rows(
         seen[record.id] += 1
         if seen[record.id] > 1:
             report.duplicate_ids += 1
-            record = _with_id(record, f"{record.id}#{seen[record.id]}")
+            record = replace(record, id=f"{record.id}#{seen[record.id]}")
         yield record
-
-
-def _with_id(record: Record, new_id: str) -> Record:
-    from dataclasses import replace
-
-    return replace(record, id=new_id)
 
 
 def load_records(
