@@ -113,7 +113,7 @@ def test_sampler_epochs_reshuffle_and_longest_batch_comes_first():
     e0 = list(s)
     s.set_epoch(1)
     e1 = list(s)
-    assert e0 != e1 and sorted(map(sorted, e0)) != sorted(map(sorted, e1)) or e0 != e1
+    assert e0 != e1  # a new order each epoch
     assert max(lengths[i] for i in e0[0]) == 200
 
 
