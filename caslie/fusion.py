@@ -24,6 +24,7 @@ from pathlib import Path
 from caslie.cache import CaptionCache, VoteCache, text_hash
 from caslie.config import DataConfig
 from caslie.data.records import DataError, Record
+from caslie.tasks import TASK_CODES
 
 SINGLE_KEY = "product information extracted from image"
 PRP_KEYS = (
@@ -87,8 +88,6 @@ class FusionReport:
 
 
 def _task_order(code: str) -> int:
-    from caslie.tasks import TASK_CODES
-
     return TASK_CODES.index(code)
 
 

@@ -141,10 +141,8 @@ class RowBuilder:
     caption).
     """
 
-    def __init__(
-        self, rng: random.Random, pool: list[Product], other_pool: list[Product], ood: bool
-    ):
-        self.rng, self.pool, self.other, self.ood = rng, pool, other_pool, ood
+    def __init__(self, rng: random.Random, pool: list[Product], ood: bool):
+        self.rng, self.pool, self.ood = rng, pool, ood
 
     def pick(self, k: int = 1) -> list[Product]:
         return self.rng.sample(self.pool, k)
@@ -163,7 +161,7 @@ class RowBuilder:
                 question, document = self.rng.choice(unanswerable), p.document
             else:  # "no" here: the question asked next to another product's document
                 question = self.rng.choice(answerable or [q for q, _ in p.questions])
-                others = [o for o in self.other if o.pid != p.pid]
+                others = [o for o in self.pool if o.pid != p.pid]
                 document = p.document if label == "yes" else self.rng.choice(others).document
         elif mode == "text":
             question = self.rng.choice([q for q, _ in p.questions])
@@ -204,7 +202,7 @@ class RowBuilder:
             return QUERIES_SUBSTITUTE[p.pid]
         if relation == "complement" and p.pid in QUERIES_COMPLEMENT:
             return QUERIES_COMPLEMENT[p.pid]
-        return self.rng.choice(self.rng.choice([q for q in self.other if q.pid != p.pid]).queries)
+        return self.rng.choice(self.rng.choice([q for q in self.pool if q.pid != p.pid]).queries)
 
     def _query_product(self, relation: str) -> Product:
         table = {"substitute": QUERIES_SUBSTITUTE, "complement": QUERIES_COMPLEMENT}.get(relation)
@@ -291,7 +289,7 @@ def _build(task: str, split: str, n: int, rng: random.Random, modes: list[str],
     """``n`` rows of one task and split; with ``seen``, no two rows share their content."""
     ood = split == "test_ood"
     pool = SPORTS if ood else TOOLS
-    builder = RowBuilder(rng, pool, pool, ood)
+    builder = RowBuilder(rng, pool, ood)
     rows = []
     for label, mode in zip(_labels(task, n, rng), modes, strict=True):
         for _attempt in range(200):
