@@ -8,9 +8,8 @@ import json
 import logging
 import sys
 
-from caslie.config import ConfigError, load_config
-from caslie.data.records import DataError
-from caslie.hub import HubUnavailableError
+from caslie.cli import USER_ERRORS
+from caslie.config import load_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
         from caslie.train import run
 
         result = run(load_config(args.config, overrides))
-    except (ConfigError, DataError, HubUnavailableError, FileNotFoundError) as err:
+    except USER_ERRORS as err:
         print(f"train.py: error: {err}", file=sys.stderr)
         return 2
     print(f"run folder: {result.run_dir}")

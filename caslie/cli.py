@@ -15,17 +15,16 @@ from caslie.prompts import render_prompt
 
 log = logging.getLogger("caslie")
 
+USER_ERRORS = (ConfigError, DataError, HubUnavailableError, FileNotFoundError)
+"""Errors that are the user's to fix: printed as one line, no traceback."""
+
 
 def _tokenizer_for(cfg: Config):
     if cfg.data.prompt_template != "chat":
-        return None
-    from caslie.offline import load_tokenizer
+        return None  # the paper's template needs no tokenizer to render
+    from caslie.offline import tokenizer_for
 
-    return load_tokenizer(
-        cfg.model.tokenizer or cfg.model.name_or_path,
-        cfg.model.revision,
-        cfg.model.trust_remote_code,
-    )
+    return tokenizer_for(cfg.model)
 
 
 def inspect(cfg: Config, split: str, n: int, fmt: str, out=sys.stdout) -> int:
@@ -81,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, overrides)
         if args.command == "inspect":
             inspect(cfg, args.split, args.n, args.format)
-    except (ConfigError, DataError, HubUnavailableError, FileNotFoundError) as err:
+    except USER_ERRORS as err:
         print(f"caslie: error: {err}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into `head`: not an error

@@ -191,6 +191,15 @@ def resolve_pretrained(name_or_path: str, what: str = "model") -> str:
     return name_or_path
 
 
+def tokenizer_for(model_cfg) -> object:
+    """The tokenizer a model config names (``model.tokenizer``, else the model's own)."""
+    return load_tokenizer(
+        model_cfg.tokenizer or model_cfg.name_or_path,
+        model_cfg.revision,
+        model_cfg.trust_remote_code,
+    )
+
+
 def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False):
     """Load a tokenizer through ``AutoTokenizer`` (tiny, local or hub), with a pad token.
 

@@ -30,15 +30,11 @@ def run(cfg: Config) -> RunResult:
         caption used %).
     """
     from caslie.data.pipeline import build_dataset
-    from caslie.offline import load_tokenizer
+    from caslie.offline import tokenizer_for
 
     run_dir = Path(cfg.run.output_dir) / cfg.run.name
     save_config(cfg, run_dir)
-    tokenizer = load_tokenizer(
-        cfg.model.tokenizer or cfg.model.name_or_path,
-        cfg.model.revision,
-        cfg.model.trust_remote_code,
-    )
+    tokenizer = tokenizer_for(cfg.model)
     built = build_dataset(cfg.data, tokenizer)
     (run_dir / "data_manifest.json").write_text(json.dumps(built.manifest, indent=2))
     log.info("data ready (%s): %s", "cache hit" if built.from_cache else "built", built.path)

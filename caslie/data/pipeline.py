@@ -49,6 +49,7 @@ class BuiltData:
             caption used % per split and task, build time.
         path: The cache folder.
         from_cache: Whether this call reused a previous build.
+        stats: Seconds spent per step of this call (``load_s``, ``fuse_s``, ``tokenise_s``).
     """
 
     splits: dict[str, datasets.Dataset]
