@@ -17,7 +17,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--config", required=True, help="YAML config (its base: files are merged first)"
     )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run from its newest checkpoint (same as trainer.ckpt_path=last)",
+    )
     args, overrides = parser.parse_known_args(argv)
+    if args.resume:
+        overrides.append("trainer.ckpt_path=last")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         from caslie.train import run
@@ -26,12 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as err:
         print(f"train.py: error: {err}", file=sys.stderr)
         return 2
-    print(f"run folder: {result.run_dir}")
-    print(
-        json.dumps(
-            {k: result.data_manifest[k] for k in ("rows", "caption_used_pct", "trimmed")}, indent=1
-        )
-    )
+    print(f"\nrun folder: {result.run_dir}")
+    print(f"tested checkpoint: {result.best_checkpoint or '(final weights)'}")
+    print(json.dumps({"caption_used_pct": result.data_manifest["caption_used_pct"]}))
+    print(result.table)
     return 0
 
 

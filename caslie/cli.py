@@ -9,13 +9,14 @@ import sys
 
 from caslie.config import SPLITS, Config, ConfigError, load_config
 from caslie.data.records import DataError, load_records
+from caslie.errors import NonFiniteLossError
 from caslie.fusion import fuse_records
 from caslie.hub import HubUnavailableError
 from caslie.prompts import render_prompt
 
 log = logging.getLogger("caslie")
 
-USER_ERRORS = (ConfigError, DataError, HubUnavailableError, FileNotFoundError)
+USER_ERRORS = (ConfigError, DataError, HubUnavailableError, FileNotFoundError, NonFiniteLossError)
 """Errors that are the user's to fix: printed as one line, no traceback."""
 
 

@@ -289,7 +289,11 @@ class TrainerConfig:
     limit_val_batches: float | None = None
     """Use only part of the validation set (debugging)."""
     ckpt_path: str | None = None
-    """Resume from this checkpoint (``last`` for the run's newest)."""
+    """Resume from this checkpoint (``last``: the run's newest, or a fresh start if it has none)."""
+    checkpoint_every_n_steps: int | None = None
+    """Also save ``last.ckpt`` every N optimiser steps (``null``: at validation only)."""
+    num_sanity_val_steps: int = 2
+    """Validation batches run before training, to fail early (0: none)."""
     enable_progress_bar: bool = True
     """Show progress bars."""
 
@@ -342,6 +346,9 @@ class EvalConfig:
     """Generated tokens per answer (``null``: sized to the task's longest label)."""
     constrained: bool = False
     """Restrict decoding to valid labels."""
+    generate_on_val: bool = True
+    """Generate on val at each validation, so the best checkpoint is chosen by mean primary metric
+    (off: by val loss)."""
 
     def __post_init__(self) -> None:
         if self.parser not in ("paper", "robust"):
@@ -530,6 +537,10 @@ def to_dict(cfg: Config) -> dict[str, Any]:
     return container  # type: ignore[return-value]
 
 
+RESTART_KEYS = frozenset({"trainer.ckpt_path", "trainer.enable_progress_bar", "data.num_workers"})
+"""Keys a restarted run may change without becoming another experiment."""
+
+
 def save_config(cfg: Config, run_dir: str | Path, allow_change: bool = False) -> Path:
     """Write ``config.yaml`` into the run folder.
 
@@ -546,8 +557,8 @@ def save_config(cfg: Config, run_dir: str | Path, allow_change: bool = False) ->
     if path.exists() and not allow_change:
         old = OmegaConf.load(path)
         new = OmegaConf.create(text)
-        if old != new:
-            diff = _diff_keys(old, new)
+        diff = [k for k in _diff_keys(old, new) if k not in RESTART_KEYS]
+        if diff:
             raise ConfigError(
                 f"run folder {run_dir} already holds a different config (changed: "
                 f"{', '.join(diff[:8])}); choose another run.name or delete the folder"

@@ -1,41 +1,158 @@
-"""``run(cfg)``: the whole job behind ``python train.py``, callable from tests and the CLI."""
+"""``run(cfg)``: the whole job behind ``python train.py`` (fit, then test), callable from tests."""
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+import secrets
+import string
+from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from caslie.config import Config, save_config
+from caslie.config import Config, save_config, to_dict
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class RunResult:
-    """What a run produced."""
+    """What a run produced.
+
+    Attributes:
+        run_dir: The run folder.
+        data_manifest: Rows per task and split, skips, trimmed examples, caption used %.
+        metrics: ``{split: {task: metrics}}`` of the final test, on the best checkpoint.
+        best_checkpoint: The checkpoint tested (empty when there was no validation).
+        table: The per-task table printed at the end.
+    """
 
     run_dir: Path
     data_manifest: dict[str, Any]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    best_checkpoint: str = ""
+    table: str = ""
 
 
-def run(cfg: Config) -> RunResult:
-    """Prepare a run: save the resolved config into ``<run.output_dir>/<run.name>`` and build the
-    tokenised, fused datasets for the model's tokenizer (cached for later runs).
+def task_labels(splits: dict[str, Any]) -> dict[str, set[str]]:
+    """Gold labels of each task over all splits (what generation may answer)."""
+    labels: dict[str, set[str]] = defaultdict(set)
+    for ds in splits.values():
+        for task, target in zip(ds["task"], ds["target"], strict=True):
+            labels[task].add(target)
+    return dict(labels)
 
-    Returns:
-        The run folder and the data manifest (rows per task and split, skips, trimmed examples,
-        caption used %).
+
+def _wandb_logger(cfg: Config, run_dir: Path, resuming: bool):
+    from lightning.pytorch.loggers import WandbLogger
+
+    wb = cfg.logger.wandb
+    if wb.mode == "disabled":
+        return None
+    id_file = run_dir / "wandb_run_id"
+    if resuming and id_file.is_file():
+        run_id = id_file.read_text().strip()
+    else:
+        run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+        id_file.write_text(run_id)
+    return WandbLogger(
+        name=cfg.run.name, project=wb.project, entity=wb.entity, group=wb.group, tags=list(wb.tags),
+        save_dir=str(run_dir), id=run_id, resume="allow", mode=wb.mode, config=to_dict(cfg),
+    )  # fmt: skip
+
+
+def build_trainer(cfg: Config, run_dir: Path, loggers: list, callbacks: list):
+    """The Lightning Trainer for a run config."""
+    import lightning as L
+
+    from caslie.checkpoints import AtomicCheckpointIO
+    from caslie.models.lora import precision_for, resolve_dtype
+
+    t = cfg.trainer
+    precision = (
+        t.precision if t.precision != "auto" else precision_for(resolve_dtype(cfg.model.dtype))
+    )
+    optional = {
+        k: v
+        for k, v in {
+            "val_check_interval": t.val_check_interval,
+            "limit_train_batches": t.limit_train_batches,
+            "limit_val_batches": t.limit_val_batches,
+        }.items()  # fmt: skip
+        if v is not None
+    }
+    return L.Trainer(
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+        precision=precision, max_epochs=t.max_epochs, max_steps=t.max_steps,
+        accumulate_grad_batches=cfg.accumulate_grad_batches, gradient_clip_val=t.gradient_clip_val,
+        log_every_n_steps=t.log_every_n_steps, num_sanity_val_steps=t.num_sanity_val_steps,
+        enable_progress_bar=t.enable_progress_bar, use_distributed_sampler=False,
+        default_root_dir=str(run_dir), logger=loggers or False, callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()], **optional,
+    )  # fmt: skip
+
+
+def run(cfg: Config, callbacks: list | None = None) -> RunResult:
+    """Fit a LoRA model on the configured data, then test the best checkpoint on every eval split.
+
+    Writes ``<run.output_dir>/<run.name>/``: ``config.yaml``, ``data_manifest.json``,
+    ``checkpoints/{best,last}.ckpt`` (adapter weights plus training state), ``predictions/<split>.jsonl``,
+    ``metrics.json``, and the W&B run (``wandb/``). ``trainer.ckpt_path=last`` resumes the run.
+
+    Args:
+        cfg: The run config.
+        callbacks: Extra Lightning callbacks.
     """
-    from caslie.data.pipeline import build_dataset
-    from caslie.offline import tokenizer_for
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
 
+    from callbacks.eval_report import EvalReport
+    from callbacks.throughput import TokenThroughput
+    from caslie.checkpoints import resolve_ckpt
+    from caslie.data.records import default_image_root
+    from caslie.models.lora import LoRAInstructModule
+    from caslie.offline import tokenizer_for
+    from datamodules.mmec import MMECDataModule
+
+    if cfg.model.kind != "lora":
+        raise NotImplementedError(f"model.kind '{cfg.model.kind}' is not available in this version")
     run_dir = Path(cfg.run.output_dir) / cfg.run.name
     save_config(cfg, run_dir)
+    L.seed_everything(cfg.run.seed, workers=True, verbose=False)
     tokenizer = tokenizer_for(cfg.model)
-    built = build_dataset(cfg.data, tokenizer)
-    (run_dir / "data_manifest.json").write_text(json.dumps(built.manifest, indent=2))
-    log.info("data ready (%s): %s", "cache hit" if built.from_cache else "built", built.path)
-    return RunResult(run_dir, built.manifest)
+    generate_on_val = cfg.eval.generate_on_val and "val" in cfg.data.eval_splits
+    dm = MMECDataModule(
+        cfg.data, tokenizer, cfg.optim.micro_batch_size, cfg.optim.eval_batch_size, cfg.run.seed,
+        generate_on_val=generate_on_val,
+    )  # fmt: skip
+    dm.setup()
+    manifest = dm.built.manifest
+    (run_dir / "data_manifest.json").write_text(json.dumps(manifest, indent=2))
+    module = LoRAInstructModule(cfg, tokenizer, task_labels(dm.splits), run_dir)
+
+    ckpt = resolve_ckpt(cfg.trainer.ckpt_path, run_dir)
+    wandb_logger = _wandb_logger(cfg, run_dir, resuming=ckpt is not None)
+    loggers = [CSVLogger(str(run_dir), name="csv", version="")]
+    if wandb_logger is not None:
+        loggers.append(wandb_logger)
+        module.wandb_run_id = wandb_logger._id
+    monitor, mode = ("val/primary_mean", "max") if generate_on_val else ("val/loss", "min")
+    best_cb = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor,
+                              mode=mode, save_top_k=1, enable_version_counter=False)  # fmt: skip
+    last_cb = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_top_k=0, save_last=True,
+                              every_n_train_steps=cfg.trainer.checkpoint_every_n_steps)  # fmt: skip
+    image_root = (
+        Path(cfg.data.image_root) if cfg.data.image_root else default_image_root(cfg.data.source)
+    )
+    report = EvalReport(run_dir, image_root, cfg.logger.wandb.log_predictions, manifest)
+    trainer = build_trainer(
+        cfg, run_dir, loggers, [best_cb, last_cb, TokenThroughput(), report, *(callbacks or [])]
+    )
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+    best = best_cb.best_model_path
+    trainer.test(module, datamodule=dm, ckpt_path=best or None)
+    if wandb_logger is not None and trainer.is_global_zero:
+        wandb_logger.experiment.finish()
+    return RunResult(run_dir, manifest, module.eval_results.get("metrics", {}), best, report.table)

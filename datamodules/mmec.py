@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 
 from caslie.config import DataConfig
 from caslie.data.pipeline import BuiltData, build_dataset
+from caslie.data.records import DataError
 from caslie.data.sampler import LengthGroupedBatchSampler
 from caslie.data.tokenize import collate_generate, collate_train
 
@@ -28,10 +29,11 @@ class MMECDataModule(L.LightningDataModule):
         micro_batch_size: Training examples per device per step.
         eval_batch_size: Prompts per device per generation batch.
         seed: Shuffling seed.
+        generate_on_val: Add a generation loader over val to ``val_dataloader``.
     """
 
     def __init__(self, cfg: DataConfig, tokenizer: Any, micro_batch_size: int = 4,
-                 eval_batch_size: int = 16, seed: int = 42):  # fmt: skip
+                 eval_batch_size: int = 16, seed: int = 42, generate_on_val: bool = False):  # fmt: skip
         super().__init__()
         if tokenizer.pad_token_id is None:
             raise ValueError(
@@ -43,6 +45,7 @@ class MMECDataModule(L.LightningDataModule):
             eval_batch_size,
             seed,
         )
+        self.generate_on_val = generate_on_val
         self.built: BuiltData | None = None
 
     def prepare_data(self) -> None:
@@ -78,14 +81,16 @@ class MMECDataModule(L.LightningDataModule):
             group_by_length=self.cfg.group_by_length, seed=self.seed, rank=rank, world_size=world,
         )  # fmt: skip
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool, collate) -> DataLoader:
+    def _loader(
+        self, split: str, batch_size: int, shuffle: bool, collate, cls=DataLoader
+    ) -> DataLoader:
         if split not in self.splits:
             raise ValueError(
                 f"split '{split}' has no rows for tasks {self.cfg.tasks} in {self.cfg.source} "
                 f"(available: {', '.join(self.splits) or 'none'})"
             )
         pad, multiple = self.tokenizer.pad_token_id, self.cfg.pad_to_multiple_of
-        return DataLoader(
+        return cls(
             self.splits[split],
             batch_sampler=self.batch_sampler(split, batch_size, shuffle),
             collate_fn=partial(collate, pad_id=pad, multiple=multiple),
@@ -93,22 +98,66 @@ class MMECDataModule(L.LightningDataModule):
             persistent_workers=self.cfg.num_workers > 0,
         )
 
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled, length-grouped, right-padded training batches with answer-only labels."""
-        return self._loader(self.cfg.train_split, self.micro_batch_size, True, collate_train)
+    def train_dataloader(self) -> ResumableLoader:
+        """Shuffled, length-grouped, right-padded training batches with answer-only labels.
 
-    def val_dataloader(self) -> DataLoader:
-        """Validation batches for the teacher-forced loss."""
-        return self._loader("val", self.micro_batch_size, False, collate_train)
+        The loader is resumable: a checkpoint records the epoch and the batches done in it, and a
+        resumed run skips exactly those.
+        """
+        loader = self._loader(
+            self.cfg.train_split, self.micro_batch_size, True, collate_train, ResumableLoader
+        )
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            progress = trainer.fit_loop.epoch_loop.batch_progress.current
+            loader.batches_done = lambda: progress.processed
+        return loader
+
+    def val_dataloader(self) -> list[DataLoader]:
+        """Loader 0: val batches for the teacher-forced loss; loader 1 (with ``generate_on_val``):
+        left-padded val prompts for generation."""
+        loaders = [self._loader("val", self.micro_batch_size, False, collate_train)]
+        if self.generate_on_val:
+            loaders.append(self.eval_dataloader("val"))
+        return loaders
 
     def eval_dataloader(self, split: str) -> DataLoader:
         """Left-padded prompts of ``split`` for batched generation, longest first."""
         return self._loader(split, self.eval_batch_size, False, collate_generate)
 
     def test_dataloader(self) -> list[DataLoader]:
-        """Generation loaders for the configured test splits that have rows."""
-        return [
-            self.eval_dataloader(s)
-            for s in self.cfg.eval_splits
-            if s.startswith("test") and s in self.splits
-        ]
+        """Generation loaders for every split in ``data.eval_splits`` (val, test IND, test OOD).
+
+        Raises:
+            DataError: a configured evaluation split without any row for the selected tasks.
+        """
+        empty = [s for s in self.cfg.eval_splits if len(self.splits.get(s, ())) == 0]
+        if empty:
+            raise DataError(
+                f"evaluation split(s) {empty} have no rows for tasks {self.cfg.tasks} in "
+                f"{self.cfg.source}; remove them from data.eval_splits "
+                f"(e.g. data.eval_splits=[{','.join(s for s in self.cfg.eval_splits if s not in empty)}])"
+            )
+        return [self.eval_dataloader(s) for s in self.cfg.eval_splits]
+
+
+class ResumableLoader(DataLoader):
+    """A training loader whose position Lightning saves in checkpoints and restores on resume.
+
+    ``batches_done`` reports how many batches of the current epoch the trainer has processed (the
+    data module points it at the fit loop's progress; prefetching makes the loader's own count run
+    ahead). On load, the batch sampler skips those batches of that epoch.
+    """
+
+    batches_done = staticmethod(lambda: 0)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.batch_sampler.epoch, "batches_done": int(self.batches_done())}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        epoch, done = state["epoch"], state["batches_done"]
+        if done >= len(self.batch_sampler):  # saved at the end of an epoch
+            epoch, done = epoch + 1, 0
+        # Set the epoch now: with workers, Lightning creates the resumed iterator before set_epoch.
+        self.batch_sampler.set_epoch(epoch)
+        self.batch_sampler.resume(epoch, done)

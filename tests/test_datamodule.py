@@ -33,7 +33,8 @@ def test_generation_batches_are_left_padded_prompts(sample_config, tokenizer):
         n = f["prompt_len"]
         assert batch["input_ids"][i, -n:].tolist() == f["input_ids"][:n]
         assert batch["attention_mask"][i, :-n].sum() == 0
-    assert batch["id"] == [f["id"] for f in feats]
+    assert [m["id"] for m in batch["meta"]] == [f["id"] for f in feats]
+    assert [m["gold"] for m in batch["meta"]] == [f["target"] for f in feats]
 
 
 def test_truncation_trims_the_input_never_the_answer(sample_config, tokenizer):
@@ -80,10 +81,10 @@ def test_task_specific_module_and_loaders(sample_config, tokenizer):
     assert set(dm.splits["train"]["task"]) == {"sa"}
     batches = list(dm.train_dataloader())
     assert len(batches) == 6 and all(b["input_ids"].shape[0] == 4 for b in batches)
-    assert next(iter(dm.val_dataloader()))["labels"].shape[0] == 4
+    assert next(iter(dm.val_dataloader()[0]))["labels"].shape[0] == 4
     test_loaders = dm.test_dataloader()
-    assert len(test_loaders) == 2
-    ids = [i for b in test_loaders[0] for i in b["id"]]
+    assert len(test_loaders) == 3  # val, test_ind, test_ood
+    ids = [m["id"] for b in test_loaders[1] for m in b["meta"]]
     assert sorted(ids) == sorted(dm.splits["test_ind"]["id"])
 
 

@@ -33,7 +33,7 @@ from caslie.prompts import render_prompt, template_adds_bos
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 """Bump when the built columns or their meaning change (invalidates old caches)."""
 
 
@@ -113,7 +113,7 @@ def fingerprint(cfg: DataConfig, tokenizer: Any, splits: list[str]) -> str:
 
 def _columns(examples: list[FusedExample], cfg: DataConfig, tokenizer: Any) -> dict[str, list]:
     cols: dict[str, list] = {k: [] for k in ("id", "task", "split", "head", "input_text", "tail", "target",
-                                             "captions", "caption_used", "votes", "images")}  # fmt: skip
+                                             "options", "captions", "caption_used", "votes", "images")}  # fmt: skip
     for ex in examples:
         r = ex.record
         render = partial(_render, r.instruction, ex.options_text, cfg.prompt_template, tokenizer)
@@ -125,6 +125,7 @@ def _columns(examples: list[FusedExample], cfg: DataConfig, tokenizer: Any) -> d
         cols["input_text"].append(ex.input_text)
         cols["tail"].append(tail)
         cols["target"].append(r.output)
+        cols["options"].append(json.dumps(list(r.options) if r.options is not None else None))
         cols["captions"].append(json.dumps(list(ex.captions)))
         cols["caption_used"].append(list(ex.used))
         cols["votes"].append(json.dumps(list(ex.votes)))

@@ -49,6 +49,11 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         self.batch_size, self.shuffle, self.group_by_length = batch_size, shuffle, group_by_length
         self.seed, self.rank, self.world_size, self.group = seed, rank, world_size, group
         self.epoch = 0
+        self._resume: tuple[int, int] | None = None
+
+    def resume(self, epoch: int, batches_done: int) -> None:
+        """Skip the first ``batches_done`` batches the next time epoch ``epoch`` is iterated."""
+        self._resume = (epoch, batches_done)
 
     def set_epoch(self, epoch: int) -> None:
         """Draw a new order for ``epoch`` (call before each epoch)."""
@@ -84,7 +89,10 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        for glob in self._global_batches():
+        skip = 0
+        if self._resume is not None and self._resume[0] == self.epoch:
+            skip, self._resume = self._resume[1], None
+        for glob in self._global_batches()[skip:]:
             yield glob[self.rank :: self.world_size].tolist()
 
     def __len__(self) -> int:

@@ -6,6 +6,7 @@ inside its input (the item text) while the template, the options and the answer 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -116,8 +117,24 @@ def collate_train(features: list[dict], pad_id: int, multiple: int = 8) -> dict[
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def row_meta(feature: dict) -> dict[str, Any]:
+    """What a prediction record keeps of its row: ids, gold, prompt, options, captions, votes, images."""
+    return {
+        "id": feature["id"],
+        "task": feature["task"],
+        "split": feature["split"],
+        "gold": feature["target"],
+        "prompt": feature["prompt"],
+        "options": json.loads(feature["options"]),
+        "caption_used": list(feature["caption_used"]),
+        "captions": json.loads(feature["captions"]),
+        "votes": json.loads(feature["votes"]),
+        "images": json.loads(feature["images"]),
+    }
+
+
 def collate_generate(features: list[dict], pad_id: int, multiple: int = 8) -> dict[str, Any]:
-    """Left-padded prompts for batched generation, with the rows' ids, tasks and splits."""
+    """Left-padded prompts for batched generation, with the rows' tasks and :func:`row_meta`."""
     prompts = [f["input_ids"][: int(f["prompt_len"])] for f in features]
     width = _round_up(max(len(p) for p in prompts), multiple)
     ids = torch.full((len(features), width), pad_id, dtype=torch.long)
@@ -128,7 +145,6 @@ def collate_generate(features: list[dict], pad_id: int, multiple: int = 8) -> di
     return {
         "input_ids": ids,
         "attention_mask": mask,
-        "id": [f["id"] for f in features],
         "task": [f["task"] for f in features],
-        "split": [f["split"] for f in features],
+        "meta": [row_meta(f) for f in features],
     }

@@ -1,0 +1,97 @@
+"""After testing: write predictions and metrics into the run folder, and log them to W&B."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.loggers import WandbLogger
+
+from caslie.evaluation import format_table, write_predictions
+
+log = logging.getLogger(__name__)
+
+
+class EvalReport(L.Callback):
+    """Writes ``predictions/<split>.jsonl`` and ``metrics.json`` and logs W&B tables (rank zero).
+
+    Args:
+        run_dir: The run folder.
+        image_root: Folder relative image paths resolve against (for W&B images).
+        n_table_rows: Rows per split in the W&B predictions table (0: no table).
+        data_manifest: The data build's manifest (caption used % goes to W&B and metrics.json).
+    """
+
+    def __init__(self, run_dir: Path, image_root: Path, n_table_rows: int = 64,
+                 data_manifest: dict[str, Any] | None = None):  # fmt: skip
+        self.run_dir, self.image_root, self.n_table_rows = run_dir, image_root, n_table_rows
+        self.data_manifest = data_manifest or {}
+        self.table = ""
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        results = getattr(pl_module, "eval_results", None)
+        if not trainer.is_global_zero or not results:
+            return
+        metrics, rows = results["metrics"], results["rows"]
+        write_predictions(rows, self.run_dir / "predictions")
+        payload = {
+            "metrics": metrics,
+            "caption_used_pct": self.data_manifest.get("caption_used_pct", {}),
+            "checkpoint": str(trainer.ckpt_path) if trainer.ckpt_path else None,
+            "global_step": trainer.global_step,
+        }
+        path = self.run_dir / "metrics.json"
+        path.with_suffix(".json.tmp").write_text(json.dumps(payload, indent=2))
+        path.with_suffix(".json.tmp").replace(path)
+        self.table = format_table(metrics)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                self._log_wandb(logger, metrics, rows)
+
+    def _image(self, ref: str) -> Any:
+        import wandb
+
+        path = Path(ref) if Path(ref).is_absolute() else self.image_root / ref
+        return wandb.Image(str(path)) if path.is_file() else None
+
+    def _log_wandb(self, logger: WandbLogger, metrics: dict, rows: list[dict]) -> None:
+        import wandb
+
+        run = logger.experiment
+        for split, per_task in self.data_manifest.get("caption_used_pct", {}).items():
+            for task, pct in per_task.items():
+                run.summary[f"data/caption_used_pct/{split}/{task}"] = pct
+        if self.n_table_rows:
+            columns = ["split", "id", "task", "image", "captions", "caption_used", "votes",
+                       "prompt", "generated", "parsed", "gold", "correct"]  # fmt: skip
+            table = wandb.Table(columns=columns)
+            for split in metrics:
+                for row in [r for r in rows if r["split"] == split][: self.n_table_rows]:
+                    table.add_data(
+                        row["split"], row["id"], row["task"],
+                        self._image(row["images"][0]) if row["images"] else None,
+                        json.dumps(row["captions"]), json.dumps(row["caption_used"]),
+                        json.dumps(row["votes"]), row["prompt"], row["generated"],
+                        row["parsed"], row["gold"], row["correct"],
+                    )  # fmt: skip
+            run.log({"predictions": table})
+        plots = {}
+        for split, per_task in metrics.items():
+            for task in per_task:
+                if task == "primary_mean":
+                    continue
+                group = [r for r in rows if r["split"] == split and r["task"] == task]
+                scored = [r for r in group if r["parsed"] is not None]
+                labels = sorted({r["gold"] for r in scored} | {r["parsed"] for r in scored})
+                if labels:
+                    plots[f"confusion/{split}/{task}"] = wandb.plot.confusion_matrix(
+                        y_true=[labels.index(r["gold"]) for r in scored],
+                        preds=[labels.index(r["parsed"]) for r in scored],
+                        class_names=labels,
+                        title=f"{task} {split}",
+                    )
+        if plots:
+            run.log(plots)

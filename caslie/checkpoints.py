@@ -1,0 +1,62 @@
+"""Checkpoint files: written atomically, and the newest valid one found for a resume."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+log = logging.getLogger(__name__)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Saves to ``<name>.tmp`` and renames, so a kill never leaves a truncated checkpoint."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None
+    ) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, path)
+
+
+def _step(path: Path) -> int:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as err:  # a damaged file is skipped, not fatal: an older one may be fine
+        log.warning("skipping unreadable checkpoint %s: %s", path, err)
+        return -1
+    return int(ckpt.get("global_step", -1))
+
+
+def resolve_ckpt(ckpt_path: str | None, run_dir: Path) -> str | None:
+    """Map ``trainer.ckpt_path`` to a file.
+
+    ``last`` picks the checkpoint with the most optimiser steps among ``checkpoints/last.ckpt`` and
+    the ``hpc_ckpt_*.ckpt`` Lightning writes into the run folder on SLURM's requeue signal; with none
+    (a first run) training starts fresh. Any other value must be an existing file.
+
+    Raises:
+        FileNotFoundError: an explicit checkpoint path that does not exist.
+    """
+    if ckpt_path is None:
+        return None
+    if ckpt_path != "last":
+        if not Path(ckpt_path).is_file():
+            raise FileNotFoundError(f"trainer.ckpt_path '{ckpt_path}' does not exist")
+        return ckpt_path
+    candidates = [run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")]
+    candidates = [p for p in candidates if p.is_file()]
+    scored = [(s, p.stat().st_mtime, p) for p in candidates if (s := _step(p)) >= 0]
+    if not scored:
+        log.info("no checkpoint in %s yet: starting a fresh run", run_dir)
+        return None
+    best = max(scored)[2]
+    log.info("resuming from %s", best)
+    return str(best)
