@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/caslie inspect --config configs/demo.yaml --n 2
+	TOKENIZERS_PARALLELISM=false $(VENV)/bin/python train.py --config configs/demo.yaml
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -6,12 +6,14 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from caslie.config import SPLITS, Config, ConfigError, load_config
 from caslie.data.records import DataError, load_records
 from caslie.errors import NonFiniteLossError
 from caslie.fusion import fuse_records
 from caslie.hub import HubUnavailableError
+from caslie.parsing import PARSERS
 from caslie.prompts import render_prompt
 
 log = logging.getLogger("caslie")
@@ -66,21 +68,50 @@ def inspect(cfg: Config, split: str, n: int, fmt: str, out=sys.stdout) -> int:
     return len(fused)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``caslie``."""
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="caslie", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     ins = sub.add_parser("inspect", help="print the fused prompts the model will see")
-    ins.add_argument("--config", required=True, help="YAML config")
+    ins.add_argument("--config", required=True, help="YAML config (dotted overrides may follow)")
     ins.add_argument("--split", default="train", choices=SPLITS)
     ins.add_argument("--n", type=int, default=3, help="rows per task")
     ins.add_argument("--format", default="text", choices=("text", "jsonl"))
+    ev = sub.add_parser("evaluate", help="score a predictions file with the paper's metrics")
+    ev.add_argument(
+        "--data", required=True, help="MMECInstruct rows (file, folder, hub id or 'sample')"
+    )
+    ev.add_argument("--predictions", required=True, type=Path,
+                    help="JSON list aligned with the rows, or JSONL with 'id' and 'prediction'")  # fmt: skip
+    ev.add_argument("--parser", default="paper", choices=PARSERS)
+    ev.add_argument("--out", type=Path, help="also write the metrics JSON here")
+    ex = sub.add_parser("export", help="merge a run's LoRA adapter into its base model")
+    ex.add_argument("--run", required=True, type=Path, help="the run folder (runs/<name>)")
+    ex.add_argument("--out", required=True, type=Path, help="folder for the merged model")
+    ex.add_argument("--checkpoint", default="best", help="best, last, or a checkpoint file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``caslie``."""
+    parser = _parser()
     args, overrides = parser.parse_known_args(argv)
+    if overrides and args.command != "inspect":
+        parser.error(f"unrecognized arguments: {' '.join(overrides)}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        cfg = load_config(args.config, overrides)
         if args.command == "inspect":
-            inspect(cfg, args.split, args.n, args.format)
+            inspect(load_config(args.config, overrides), args.split, args.n, args.format)
+        elif args.command == "evaluate":
+            from caslie.evaluation import evaluate_file
+
+            text = json.dumps(evaluate_file(args.data, args.predictions, args.parser), indent=2)
+            print(text)
+            if args.out:
+                args.out.write_text(text + "\n")
+        elif args.command == "export":
+            from caslie.export import export_merged
+
+            print(f"merged model: {export_merged(args.run, args.out, args.checkpoint)}")
     except USER_ERRORS as err:
         print(f"caslie: error: {err}", file=sys.stderr)
         return 2

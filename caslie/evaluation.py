@@ -111,3 +111,73 @@ def format_table(metrics: dict[str, dict[str, Any]]) -> str:
         scored = sum(m["n"] for k, m in per_task.items() if k != "primary_mean")
         lines[-1] += f"   ({scored} scored, {failed} failed)"
     return "\n".join(lines)
+
+
+def read_predictions(path: Path, ids: list[str]) -> dict[str, str]:
+    """Predictions by row id from a JSON list aligned with ``ids`` or a JSONL of ``id``/``prediction``.
+
+    Raises:
+        DataError: a malformed file, a length mismatch, or a line without ``id``/``prediction``.
+    """
+    from caslie.data.records import DataError
+
+    text = path.read_text(encoding="utf-8")
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        try:
+            preds = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}: not valid JSON ({err})") from None
+        if len(preds) != len(ids):
+            raise DataError(
+                f"{path}: {len(preds)} predictions for {len(ids)} rows; a JSON list must align with the rows"
+            )
+        return {i: str(p) for i, p in zip(ids, preds, strict=True)}
+    out = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            out[str(obj["id"])] = str(
+                obj["prediction"] if "prediction" in obj else obj["generated"]
+            )
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise DataError(
+                f"{path}:{n}: expected a JSON object with 'id' and 'prediction'"
+            ) from None
+    return out
+
+
+def evaluate_file(data: str, predictions: Path, parser: str = "paper") -> dict[str, dict[str, Any]]:
+    """Score an external predictions file against MMECInstruct rows (``caslie evaluate``).
+
+    Every row of ``data`` (all splits, all tasks) is scored; a row without a prediction counts as
+    failed. Returns the metrics keyed by task code.
+
+    Raises:
+        DataError: predictions for ids that are not in the rows.
+    """
+    from caslie.config import SPLITS, DataConfig
+    from caslie.data.records import DataError, load_records
+
+    records, _ = load_records(DataConfig(source=data), splits=SPLITS, tasks=TASK_CODES)
+    preds = read_predictions(predictions, [r.id for r in records])
+    unknown = set(preds) - {r.id for r in records}
+    if unknown:
+        raise DataError(
+            f"{predictions}: {len(unknown)} prediction id(s) not in {data}, e.g. {sorted(unknown)[0]}"
+        )
+    rows = [
+        {
+            "split": "all",
+            "task": r.task,
+            "gold": r.output,
+            "generated": preds.get(r.id, ""),
+            "options": r.options,
+        }
+        for r in records
+    ]
+    per_task = score_rows(rows, parser)["all"]
+    per_task.pop("primary_mean")
+    return per_task

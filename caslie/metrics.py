@@ -75,7 +75,9 @@ def task_metrics(task: str, golds: Sequence[str], preds: Sequence[str | None]) -
         ]
     else:
         labels, g, p = _indexed(g_list, p_list)
-        k = len(labels)
+        # torchmetrics needs two classes; an extra empty class leaves every average unchanged
+        # (macro averages skip classes absent from gold and prediction).
+        k = max(2, len(labels))
         if spec.metric_kind == CHOICE:
             values = [multiclass_accuracy(p, g, num_classes=k, average="micro")]
         else:

@@ -2,9 +2,10 @@
 
 ``paper`` reproduces the paper's evaluation so numbers compare with its tables: strip the text; if it
 contains ``:`` keep only its first character (answers like ``"B: red"``); the prediction is valid iff
-it equals one of the gold labels of the evaluated set. ``robust`` first tries ``paper`` and then also
-accepts differences of case and punctuation, a leading label word (``"Yes, because ..."``,
-``"(B) red"``, ``"Answer: B"``) and an option's text instead of its letter.
+it equals one of the gold labels of the evaluated set. ``robust`` accepts an exact label or ``"<label>: ..."``,
+then differences of case and punctuation, a leading label word (``"Yes, because ..."``,
+``"(B) red"``, ``"Answer: B"``, where ``paper`` would read ``A``) and an option's text instead of its
+letter.
 """
 
 from __future__ import annotations
@@ -37,16 +38,19 @@ def _norm(text: str) -> str:
 def parse_robust(
     text: str, valid: Collection[str], options: Sequence[str] | None = None
 ) -> str | None:
-    """``paper`` first; then case/punctuation, a leading label word, or an option's text.
+    """An exact label or ``<label>: ...``; then case/punctuation, a leading label word, or an option's text.
 
     Args:
         text: Generated text.
         valid: Labels that count as answers.
         options: The row's options (``"B: red"``), to map an answered option text to its label.
     """
-    found = parse_paper(text, valid)
-    if found is not None:
-        return found
+    stripped = text.strip()
+    if stripped in valid:
+        return stripped
+    head, sep, _ = stripped.partition(":")
+    if sep and head.strip() in valid:  # "B: neutral"
+        return head.strip()
     by_norm = {_norm(label): label for label in valid}
     cleaned = _norm(text)
     if cleaned in by_norm:

@@ -128,6 +128,7 @@ def run(cfg: Config, callbacks: list | None = None) -> RunResult:
         generate_on_val=generate_on_val,
     )  # fmt: skip
     dm.setup()
+    dm.check_eval_splits()
     manifest = dm.built.manifest
     (run_dir / "data_manifest.json").write_text(json.dumps(manifest, indent=2))
     module = LoRAInstructModule(cfg, tokenizer, task_labels(dm.splits), run_dir)
@@ -138,9 +139,13 @@ def run(cfg: Config, callbacks: list | None = None) -> RunResult:
     if wandb_logger is not None:
         loggers.append(wandb_logger)
         module.wandb_run_id = wandb_logger._id
-    monitor, mode = ("val/primary_mean", "max") if generate_on_val else ("val/loss", "min")
-    best_cb = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor,
-                              mode=mode, save_top_k=1, enable_version_counter=False)  # fmt: skip
+    checkpoints = []
+    if "val" in cfg.data.eval_splits:
+        monitor, mode = ("val/primary_mean", "max") if generate_on_val else ("val/loss", "min")
+        checkpoints.append(ModelCheckpoint(
+            dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode=mode,
+            save_top_k=1, enable_version_counter=False,
+        ))  # fmt: skip
     last_cb = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_top_k=0, save_last=True,
                               every_n_train_steps=cfg.trainer.checkpoint_every_n_steps)  # fmt: skip
     image_root = (
@@ -148,10 +153,13 @@ def run(cfg: Config, callbacks: list | None = None) -> RunResult:
     )
     report = EvalReport(run_dir, image_root, cfg.logger.wandb.log_predictions, manifest)
     trainer = build_trainer(
-        cfg, run_dir, loggers, [best_cb, last_cb, TokenThroughput(), report, *(callbacks or [])]
+        cfg,
+        run_dir,
+        loggers,
+        [*checkpoints, last_cb, TokenThroughput(), report, *(callbacks or [])],
     )
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
-    best = best_cb.best_model_path
+    best = checkpoints[0].best_model_path if checkpoints else ""
     trainer.test(module, datamodule=dm, ckpt_path=best or None)
     if wandb_logger is not None and trainer.is_global_zero:
         wandb_logger.experiment.finish()

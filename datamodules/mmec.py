@@ -115,7 +115,9 @@ class MMECDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> list[DataLoader]:
         """Loader 0: val batches for the teacher-forced loss; loader 1 (with ``generate_on_val``):
-        left-padded val prompts for generation."""
+        left-padded val prompts for generation. No loader when ``val`` is not an evaluation split."""
+        if "val" not in self.cfg.eval_splits:
+            return []
         loaders = [self._loader("val", self.micro_batch_size, False, collate_train)]
         if self.generate_on_val:
             loaders.append(self.eval_dataloader("val"))
@@ -125,19 +127,23 @@ class MMECDataModule(L.LightningDataModule):
         """Left-padded prompts of ``split`` for batched generation, longest first."""
         return self._loader(split, self.eval_batch_size, False, collate_generate)
 
-    def test_dataloader(self) -> list[DataLoader]:
-        """Generation loaders for every split in ``data.eval_splits`` (val, test IND, test OOD).
+    def check_eval_splits(self) -> None:
+        """Fail before training when a split in ``data.eval_splits`` has no rows.
 
         Raises:
-            DataError: a configured evaluation split without any row for the selected tasks.
+            DataError: naming the empty splits and the setting to change.
         """
         empty = [s for s in self.cfg.eval_splits if len(self.splits.get(s, ())) == 0]
         if empty:
+            keep = ",".join(s for s in self.cfg.eval_splits if s not in empty)
             raise DataError(
                 f"evaluation split(s) {empty} have no rows for tasks {self.cfg.tasks} in "
-                f"{self.cfg.source}; remove them from data.eval_splits "
-                f"(e.g. data.eval_splits=[{','.join(s for s in self.cfg.eval_splits if s not in empty)}])"
+                f"{self.cfg.source}; remove them from data.eval_splits (e.g. data.eval_splits=[{keep}])"
             )
+
+    def test_dataloader(self) -> list[DataLoader]:
+        """Generation loaders for every split in ``data.eval_splits`` (val, test IND, test OOD)."""
+        self.check_eval_splits()
         return [self.eval_dataloader(s) for s in self.cfg.eval_splits]
 
 

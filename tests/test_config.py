@@ -96,5 +96,11 @@ def test_every_shipped_config_loads(path: Path):
     if path.parent.name in ("strategy", "grids", "cqe", "caption"):
         pytest.skip("not a run config")
     first = path.read_text().splitlines()[0]
-    assert first.startswith("#"), "configs open with the command that runs them"
-    load_config(path)
+    assert first.startswith("# python train.py --config " + str(path.relative_to(REPO))), (
+        "configs open with the command that runs them"
+    )
+    cfg = load_config(path)
+    if path.parent.name == "task_specific":
+        assert len(cfg.data.tasks) == 1 and cfg.data.tasks[0] in path.stem
+    if path.stem.endswith("_text"):
+        assert cfg.data.fusion == "none"

@@ -1,0 +1,59 @@
+"""``caslie export``: merge a run's LoRA adapter into its base model and save a standalone model."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import torch
+
+from caslie.config import load_config
+
+log = logging.getLogger(__name__)
+
+
+def checkpoint_path(run_dir: Path, which: str) -> Path:
+    """``best``/``last`` of a run folder, or an explicit checkpoint file."""
+    path = run_dir / "checkpoints" / f"{which}.ckpt" if which in ("best", "last") else Path(which)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"checkpoint {path} does not exist (train the run first, or pass --checkpoint)"
+        )
+    return path
+
+
+def load_adapted(run_dir: Path, which: str = "best"):
+    """The run's base model with the checkpoint's adapter loaded (a peft model) and its tokenizer."""
+    from caslie.models.lora import build_lora_model
+    from caslie.offline import tokenizer_for
+
+    cfg = load_config(run_dir / "config.yaml")
+    tokenizer = tokenizer_for(cfg.model)
+    model_cfg = dataclasses.replace(cfg.model, gradient_checkpointing=False)
+    model = build_lora_model(model_cfg, tokenizer)
+    ckpt = torch.load(checkpoint_path(run_dir, which), map_location="cpu", weights_only=True)
+    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
+    result = model.load_state_dict(state, strict=False)
+    lora_missing = [k for k in result.missing_keys if "lora_" in k]
+    if result.unexpected_keys or lora_missing:
+        raise ValueError(
+            f"the checkpoint does not fit {cfg.model.name_or_path} with this LoRA config "
+            f"(unexpected: {result.unexpected_keys[:3]}, missing adapter weights: {lora_missing[:3]})"
+        )
+    return model.eval(), tokenizer
+
+
+def export_merged(run_dir: Path, out: Path, which: str = "best") -> Path:
+    """Merge the adapter into the base weights and save model and tokenizer to ``out``.
+
+    Returns:
+        ``out``, loadable with ``AutoModelForCausalLM.from_pretrained`` without peft.
+    """
+    model, tokenizer = load_adapted(run_dir, which)
+    merged = model.merge_and_unload()
+    out.mkdir(parents=True, exist_ok=True)
+    merged.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    log.info("merged model written to %s", out)
+    return out
