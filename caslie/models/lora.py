@@ -117,7 +117,7 @@ def build_lora_model(
             f"available: {', '.join(available)}"
         )
     if model_cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         # A frozen base gives the checkpointed blocks no input that needs grad; without this the
         # adapters inside them would get no gradient.
         model.enable_input_require_grads()
