@@ -77,7 +77,7 @@ class EvalReport(L.Callback):
                         json.dumps(row["votes"]), row["prompt"], row["generated"],
                         row["parsed"], row["gold"], row["correct"],
                     )  # fmt: skip
-            run.log({"predictions": table})
+            run.log({"predictions": table})  # its images travel in the run_table artifact
         plots = {}
         for split, per_task in metrics.items():
             for task in per_task:

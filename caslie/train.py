@@ -6,6 +6,7 @@ import json
 import logging
 import secrets
 import string
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,12 @@ def _wandb_logger(cfg: Config, run_dir: Path, resuming: bool):
         name=cfg.run.name, project=wb.project, entity=wb.entity, group=wb.group, tags=list(wb.tags),
         save_dir=str(run_dir), id=run_id, resume="allow", mode=wb.mode, config=to_dict(cfg),
     )  # fmt: skip
+
+
+def _finish_wandb(logger, trainer, exit_code: int) -> None:
+    """Close this process's W&B run (a crashed one too, so a retry in the same process starts clean)."""
+    if logger is not None and trainer.is_global_zero and logger._experiment is not None:
+        logger.experiment.finish(exit_code=exit_code)
 
 
 def build_trainer(cfg: Config, run_dir: Path, loggers: list, callbacks: list):
@@ -120,7 +127,6 @@ def run(cfg: Config, callbacks: list | None = None) -> RunResult:
         raise NotImplementedError(f"model.kind '{cfg.model.kind}' is not available in this version")
     run_dir = Path(cfg.run.output_dir) / cfg.run.name
     save_config(cfg, run_dir)
-    L.seed_everything(cfg.run.seed, workers=True, verbose=False)
     tokenizer = tokenizer_for(cfg.model)
     generate_on_val = cfg.eval.generate_on_val and "val" in cfg.data.eval_splits
     dm = MMECDataModule(
@@ -131,9 +137,14 @@ def run(cfg: Config, callbacks: list | None = None) -> RunResult:
     dm.check_eval_splits()
     manifest = dm.built.manifest
     (run_dir / "data_manifest.json").write_text(json.dumps(manifest, indent=2))
+    # Seed after the data build, so a cache hit and a cold build give the same adapter init.
+    L.seed_everything(cfg.run.seed, workers=True, verbose=False)
     module = LoRAInstructModule(cfg, tokenizer, task_labels(dm.splits), run_dir)
 
     ckpt = resolve_ckpt(cfg.trainer.ckpt_path, run_dir)
+    # The module stores the sampler position in its checkpoints and the data module resumes from
+    # it, which Lightning's check for stateful loaders cannot see.
+    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
     wandb_logger = _wandb_logger(cfg, run_dir, resuming=ckpt is not None)
     loggers = [CSVLogger(str(run_dir), name="csv", version="")]
     if wandb_logger is not None:
@@ -158,9 +169,12 @@ def run(cfg: Config, callbacks: list | None = None) -> RunResult:
         loggers,
         [*checkpoints, last_cb, TokenThroughput(), report, *(callbacks or [])],
     )
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
-    best = checkpoints[0].best_model_path if checkpoints else ""
-    trainer.test(module, datamodule=dm, ckpt_path=best or None)
-    if wandb_logger is not None and trainer.is_global_zero:
-        wandb_logger.experiment.finish()
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+        best = checkpoints[0].best_model_path if checkpoints else ""
+        trainer.test(module, datamodule=dm, ckpt_path=best or None)
+    except BaseException:
+        _finish_wandb(wandb_logger, trainer, exit_code=1)
+        raise
+    _finish_wandb(wandb_logger, trainer, exit_code=0)
     return RunResult(run_dir, manifest, module.eval_results.get("metrics", {}), best, report.table)

@@ -47,6 +47,7 @@ class MMECDataModule(L.LightningDataModule):
         )
         self.generate_on_val = generate_on_val
         self.built: BuiltData | None = None
+        self._resume: tuple[int, int] | None = None
 
     def prepare_data(self) -> None:
         """Build the tokenised cache (once per node)."""
@@ -98,19 +99,24 @@ class MMECDataModule(L.LightningDataModule):
             persistent_workers=self.cfg.num_workers > 0,
         )
 
-    def train_dataloader(self) -> ResumableLoader:
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        """Start training at batch ``batches_done`` of epoch ``epoch`` (set from a checkpoint)."""
+        self._resume = (epoch, batches_done)
+
+    def train_dataloader(self) -> DataLoader:
         """Shuffled, length-grouped, right-padded training batches with answer-only labels.
 
-        The loader is resumable: a checkpoint records the epoch and the batches done in it, and a
-        resumed run skips exactly those.
+        After :meth:`resume_at`, the first epoch iterated skips the batches already trained on.
         """
-        loader = self._loader(
-            self.cfg.train_split, self.micro_batch_size, True, collate_train, ResumableLoader
-        )
-        trainer = getattr(self, "trainer", None)
-        if trainer is not None:
-            progress = trainer.fit_loop.epoch_loop.batch_progress.current
-            loader.batches_done = lambda: progress.processed
+        loader = self._loader(self.cfg.train_split, self.micro_batch_size, True, collate_train)
+        if self._resume is not None:
+            epoch, done = self._resume
+            if done >= len(loader.batch_sampler):  # saved at the end of an epoch
+                epoch, done = epoch + 1, 0
+            # Set the epoch now: Lightning may create the first iterator before it calls set_epoch.
+            loader.batch_sampler.set_epoch(epoch)
+            loader.batch_sampler.resume(epoch, done)
+            self._resume = None
         return loader
 
     def val_dataloader(self) -> list[DataLoader]:
@@ -145,25 +151,3 @@ class MMECDataModule(L.LightningDataModule):
         """Generation loaders for every split in ``data.eval_splits`` (val, test IND, test OOD)."""
         self.check_eval_splits()
         return [self.eval_dataloader(s) for s in self.cfg.eval_splits]
-
-
-class ResumableLoader(DataLoader):
-    """A training loader whose position Lightning saves in checkpoints and restores on resume.
-
-    ``batches_done`` reports how many batches of the current epoch the trainer has processed (the
-    data module points it at the fit loop's progress; prefetching makes the loader's own count run
-    ahead). On load, the batch sampler skips those batches of that epoch.
-    """
-
-    batches_done = staticmethod(lambda: 0)
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.batch_sampler.epoch, "batches_done": int(self.batches_done())}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        epoch, done = state["epoch"], state["batches_done"]
-        if done >= len(self.batch_sampler):  # saved at the end of an epoch
-            epoch, done = epoch + 1, 0
-        # Set the epoch now: with workers, Lightning creates the resumed iterator before set_epoch.
-        self.batch_sampler.set_epoch(epoch)
-        self.batch_sampler.resume(epoch, done)

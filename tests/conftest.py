@@ -18,6 +18,8 @@ def _isolated_env(tmp_path_factory: pytest.TempPathFactory):
     mp = pytest.MonkeyPatch()
     mp.setenv("CASLIE_CACHE", str(tmp_path_factory.mktemp("caslie-cache")))
     mp.setenv("WANDB_MODE", "offline")
+    mp.setenv("WANDB_DATA_DIR", str(tmp_path_factory.mktemp("wandb-data")))
+    mp.setenv("WANDB_CACHE_DIR", str(tmp_path_factory.mktemp("wandb-cache")))
     mp.setenv("TOKENIZERS_PARALLELISM", "false")
     mp.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # a closed port: any hub call fails at once
     yield

@@ -67,7 +67,9 @@ def test_a_tokenizer_without_pad_gets_a_distinct_one_and_the_model_grows_to_fit(
 
 
 def test_dtype_and_precision_on_this_machine():
-    assert resolve_dtype("auto") == (torch.float32 if not torch.cuda.is_available() else resolve_dtype("auto"))
+    assert resolve_dtype("auto") == (
+        torch.float32 if not torch.cuda.is_available() else resolve_dtype("auto")
+    )
     assert resolve_dtype("bfloat16") == torch.bfloat16
     assert precision_for(torch.bfloat16) == "bf16-mixed"
     assert precision_for(torch.float16) == "16-mixed"
@@ -111,9 +113,13 @@ def test_constrained_decoding_only_produces_valid_labels(tokenizer):
     model = load_base_model(TINY, tokenizer).eval()
     labels = {"yes", "no"}
     trie = LabelTrie(label_ids(tokenizer, labels), tokenizer.eos_token_id)
-    feats, batch = _prompts(tokenizer, ["Is it steel?", "Red gloves", "Does the box include a charger?"])
+    feats, batch = _prompts(
+        tokenizer, ["Is it steel?", "Red gloves", "Does the box include a charger?"]
+    )
     free = generate_answers(model, tokenizer, batch["input_ids"], batch["attention_mask"], 6)
-    forced = generate_answers(model, tokenizer, batch["input_ids"], batch["attention_mask"], 6, [trie] * 3)
+    forced = generate_answers(
+        model, tokenizer, batch["input_ids"], batch["attention_mask"], 6, [trie] * 3
+    )
     assert all(t in labels for t in forced)
     assert not all(t in labels for t in free)  # a random model left alone says anything
     assert answer_budget(tokenizer, labels) == max(len(x) for x in label_ids(tokenizer, labels)) + 1

@@ -48,7 +48,7 @@ def iter_payloads(path: Path) -> Iterator[bytes]:
 
 
 def read_run(path: Path) -> dict:
-    """Config, history rows, summary and saved file names logged in an offline run.
+    """Config, history rows, summary, artifacts and saved file names logged in an offline run.
 
     Args:
         path: The ``run-<id>.wandb`` file, or the ``offline-run-*`` folder holding it.
@@ -57,7 +57,14 @@ def read_run(path: Path) -> dict:
 
     if path.is_dir():
         path = next(path.glob("run-*.wandb"))
-    out: dict = {"config": {}, "history": [], "summary": {}, "files": [], "run_id": None}
+    out: dict = {
+        "config": {},
+        "history": [],
+        "summary": {},
+        "files": [],
+        "artifacts": [],
+        "run_id": None,
+    }
     for payload in iter_payloads(path):
         rec = pb.Record()
         rec.ParseFromString(payload)
@@ -78,6 +85,10 @@ def read_run(path: Path) -> dict:
             for item in rec.summary.update:
                 key = item.key or "/".join(item.nested_key)
                 out["summary"][key] = json.loads(item.value_json)
+        elif kind == "artifact":
+            art = rec.artifact
+            paths = [entry.path for entry in art.manifest.contents]
+            out["artifacts"].append({"name": art.name, "type": art.type, "paths": paths})
         elif kind == "files":
             out["files"] += [f.path for f in rec.files.files]
     return out

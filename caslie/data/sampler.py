@@ -55,6 +55,11 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         """Skip the first ``batches_done`` batches the next time epoch ``epoch`` is iterated."""
         self._resume = (epoch, batches_done)
 
+    @property
+    def sampler(self) -> LengthGroupedBatchSampler:
+        """Itself: Lightning calls ``set_epoch`` on ``loader.batch_sampler.sampler`` each epoch."""
+        return self
+
     def set_epoch(self, epoch: int) -> None:
         """Draw a new order for ``epoch`` (call before each epoch)."""
         self.epoch = epoch

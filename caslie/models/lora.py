@@ -117,7 +117,9 @@ def build_lora_model(
             f"available: {', '.join(available)}"
         )
     if model_cfg.gradient_checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(
+            activation_checkpointing_kwargs={"use_reentrant": False}
+        )
         # A frozen base gives the checkpointed blocks no input that needs grad; without this the
         # adapters inside them would get no gradient.
         model.enable_input_require_grads()
@@ -179,6 +181,7 @@ class LoRAInstructModule(L.LightningModule):
         self.eval_splits: list[str] = []
         self.eval_results: dict[str, Any] = {}
         self.wandb_run_id: str | None = None
+        self._pending_rng: dict | None = None
         self._rows: list[dict] = []
         self._tries = {
             task: LabelTrie(label_ids(tokenizer, labs), tokenizer.eos_token_id)
@@ -209,8 +212,12 @@ class LoRAInstructModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         keep = self.trainable_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        fit_loop = self.trainer.fit_loop
         checkpoint["caslie"] = {
             "base_model": self.cfg.model.name_or_path,
+            # Where the training data stands: the data module skips these batches on resume.
+            "epoch": self.trainer.current_epoch,
+            "batches_done": fit_loop.epoch_loop.batch_progress.current.processed,
             "vocab": len(self.tokenizer),
             "wandb_run_id": self.wandb_run_id,
             "rng": {
@@ -230,7 +237,16 @@ class LoRAInstructModule(L.LightningModule):
             )
         meta = checkpoint.get("caslie", {})
         self.wandb_run_id = meta.get("wandb_run_id")
-        rng = meta.get("rng")
+        datamodule = (
+            getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        )
+        if "batches_done" in meta and hasattr(datamodule, "resume_at"):
+            datamodule.resume_at(meta["epoch"], meta["batches_done"])
+        # Applied at the next training batch: loaders created while resuming draw from the RNG.
+        self._pending_rng = meta.get("rng")
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        rng, self._pending_rng = self._pending_rng, None
         if rng:
             torch.set_rng_state(rng["torch"])
             if rng["cuda"] and torch.cuda.is_available():
