@@ -44,10 +44,14 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config("configs/demo.yaml", [f"model.name_or_path={args.model}", f"data.cache_dir={Path(tmp)}"])
+        cfg = load_config(
+            "configs/demo.yaml", [f"model.name_or_path={args.model}", f"data.cache_dir={Path(tmp)}"]
+        )
         tokenizer = tokenizer_for(cfg.model)
         splits = build_dataset(cfg.data, tokenizer, ["test_ind", "test_ood", "val"]).splits
-        feats = [row for name in ("test_ind", "test_ood", "val") for row in splits[name]][: args.rows]
+        feats = [row for name in ("test_ind", "test_ood", "val") for row in splits[name]][
+            : args.rows
+        ]
     model = load_base_model(cfg.model, tokenizer).eval()
     labels = {row["target"] for row in feats}
     budget = answer_budget(tokenizer, labels)
@@ -61,7 +65,9 @@ def main() -> None:
         return out
 
     def batched(max_new: int) -> list[str]:
-        order = sorted(range(len(feats)), key=lambda i: -feats[i]["prompt_len"])  # as the sampler does
+        order = sorted(
+            range(len(feats)), key=lambda i: -feats[i]["prompt_len"]
+        )  # as the sampler does
         out: list[str] = [""] * len(feats)
         for start in range(0, len(order), args.batch):
             idx = order[start : start + args.batch]
@@ -76,10 +82,14 @@ def main() -> None:
     t_b100, b100 = _timed(lambda: batched(100))
     t_ours, ours = _timed(lambda: batched(budget))
     same = sum(a == b for a, b in zip(ref, b100, strict=True))
-    print(f"{len(feats)} prompts, model {args.model}, batch {args.batch}, label budget {budget} tokens")
+    print(
+        f"{len(feats)} prompts, model {args.model}, batch {args.batch}, label budget {budget} tokens"
+    )
     print(f"one at a time, 100 tokens (reference): {t_ref:7.2f} s")
     print(f"batched, 100 tokens:                   {t_b100:7.2f} s   {t_ref / t_b100:5.1f}x")
-    print(f"batched, label-sized budget:           {t_ours:7.2f} s   {t_ref / t_ours:5.1f}x  (target >= 5x)")
+    print(
+        f"batched, label-sized budget:           {t_ours:7.2f} s   {t_ref / t_ours:5.1f}x  (target >= 5x)"
+    )
     print(f"batched answers equal to one-at-a-time answers: {same}/{len(feats)}")
     print(f"label-sized answers are prefixes of the 100-token answers: "
           f"{sum(b.startswith(o) for o, b in zip(ours, b100, strict=True))}/{len(feats)}")  # fmt: skip

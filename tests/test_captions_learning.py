@@ -29,7 +29,14 @@ def _accuracy_by_dependence(run_dir: Path, dependent: dict[str, bool]) -> dict[b
 @pytest.mark.integration
 def test_mv_beats_text_only_on_caption_dependent_rows(tmp_path):
     data = tmp_path / "synthetic"
-    write_synthetic(data, train_per_task=600, eval_per_task=60, caption_dependent_share=0.5, seed=0, tasks=["ap"])
+    write_synthetic(
+        data,
+        train_per_task=600,
+        eval_per_task=60,
+        caption_dependent_share=0.5,
+        seed=0,
+        tasks=["ap"],
+    )
     dependent = {
         row["id"]: row["caption_dependent"] for row in map(json.loads, (data / "rows.jsonl").open())
     }
@@ -43,7 +50,9 @@ def test_mv_beats_text_only_on_caption_dependent_rows(tmp_path):
             "logger.wandb.mode=disabled",
         ])  # fmt: skip
         results[fusion] = _accuracy_by_dependence(run(cfg).run_dir, dependent)
-    print(f"caption-dependent accuracy: mv {results['mv'][True]:.3f}, text-only {results['none'][True]:.3f}")
+    print(
+        f"caption-dependent accuracy: mv {results['mv'][True]:.3f}, text-only {results['none'][True]:.3f}"
+    )
     assert results["mv"][True] >= results["none"][True] + MARGIN
     assert results["mv"][True] >= 0.8
     assert results["mv"][False] >= 0.8  # captions do not cost the text-cued rows

@@ -42,6 +42,11 @@ def test_run_writes_config_metrics_predictions_and_adapter_only_checkpoints(demo
     ckpt = torch.load(d / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["state_dict"] and all("lora_" in k for k in ckpt["state_dict"])
     assert ckpt["optimizer_states"] and ckpt["lr_schedulers"]
+    last = torch.load(d / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    # 168 rows, micro-batch 8, effective 16: 21 micro-batches, 11 optimiser steps per epoch, 3 epochs;
+    # the cosine schedule was sized to those real steps, so it ends at zero.
+    assert last["global_step"] == 33
+    assert last["lr_schedulers"][0]["_last_lr"][0] == pytest.approx(0.0, abs=1e-12)
     assert (d / "checkpoints" / "last.ckpt").is_file()
     saved = json.loads((d / "metrics.json").read_text())
     assert set(saved["metrics"]) == {"val", "test_ind", "test_ood"}
