@@ -47,6 +47,7 @@ def task_labels(splits: dict[str, Any]) -> dict[str, set[str]]:
 
 def _wandb_logger(cfg: Config, run_dir: Path, resuming: bool):
     from lightning.pytorch.loggers import WandbLogger
+    from lightning.pytorch.utilities import rank_zero_only
 
     wb = cfg.logger.wandb
     if wb.mode == "disabled":
@@ -56,7 +57,8 @@ def _wandb_logger(cfg: Config, run_dir: Path, resuming: bool):
         run_id = id_file.read_text().strip()
     else:
         run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
-        id_file.write_text(run_id)
+        if rank_zero_only.rank == 0:  # only rank zero opens the W&B run
+            id_file.write_text(run_id)
     return WandbLogger(
         name=cfg.run.name, project=wb.project, entity=wb.entity, group=wb.group, tags=list(wb.tags),
         save_dir=str(run_dir), id=run_id, resume="allow", mode=wb.mode, config=to_dict(cfg),
@@ -114,6 +116,7 @@ def run(cfg: Config, callbacks: list | None = None) -> RunResult:
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.utilities import rank_zero_only
 
     from callbacks.eval_report import EvalReport
     from callbacks.throughput import TokenThroughput
@@ -136,7 +139,8 @@ def run(cfg: Config, callbacks: list | None = None) -> RunResult:
     dm.setup()
     dm.check_eval_splits()
     manifest = dm.built.manifest
-    (run_dir / "data_manifest.json").write_text(json.dumps(manifest, indent=2))
+    if rank_zero_only.rank == 0:
+        (run_dir / "data_manifest.json").write_text(json.dumps(manifest, indent=2))
     # Seed after the data build, so a cache hit and a cold build give the same adapter init.
     L.seed_everything(cfg.run.seed, workers=True, verbose=False)
     module = LoRAInstructModule(cfg, tokenizer, task_labels(dm.splits), run_dir)

@@ -178,7 +178,6 @@ class LoRAInstructModule(L.LightningModule):
         self.cfg, self.tokenizer, self.run_dir = cfg, tokenizer, run_dir
         self.model: Any = None
         self.strict_loading = False  # checkpoints hold the adapter only
-        self.eval_splits: list[str] = []
         self.eval_results: dict[str, Any] = {}
         self.wandb_run_id: str | None = None
         self._pending_rng: dict | None = None
