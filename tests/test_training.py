@@ -184,3 +184,26 @@ def test_missing_local_model_path_is_named(tmp_path):
     cfg = _config(tmp_path, "model.name_or_path=./no/such/model", "logger.wandb.mode=disabled")
     with pytest.raises(FileNotFoundError, match="'./no/such/model' does not exist"):
         run(cfg)
+
+
+def test_ddp_on_two_cpu_processes_scores_every_row_once_and_opens_one_wandb_run(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "train.py", "--config", "configs/demo.yaml", f"run.output_dir={tmp_path}",
+         f"data.cache_dir={tmp_path / 'cache'}", "trainer.devices=2", "trainer.strategy=ddp",
+         "optim.micro_batch_size=4", "trainer.max_epochs=1", "trainer.enable_progress_bar=false"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "MEMBER: 2/2" in out.stderr
+    run_dir = tmp_path / "demo"
+    manifest = json.loads((run_dir / "data_manifest.json").read_text())
+    for split in ("val", "test_ind", "test_ood"):
+        ids = [
+            json.loads(line)["id"] for line in (run_dir / "predictions" / f"{split}.jsonl").open()
+        ]
+        expected = sum(n for key, n in manifest["rows"].items() if key.endswith(f"/{split}"))
+        assert len(ids) == len(set(ids)) == expected
+    assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
