@@ -84,6 +84,22 @@ def _parser() -> argparse.ArgumentParser:
                     help="JSON list aligned with the rows, or JSONL with 'id' and 'prediction'")  # fmt: skip
     ev.add_argument("--parser", default="paper", choices=PARSERS)
     ev.add_argument("--out", type=Path, help="also write the metrics JSON here")
+    for name, what in (("caption", "EC3 captions into the caption cache data.captions"),
+                       ("vote", "CQE votes into the vote cache data.votes")):  # fmt: skip
+        job = sub.add_parser(name, help=what)
+        job.add_argument(
+            "--config", required=True, help="YAML config (dotted overrides may follow)"
+        )
+        job.add_argument("--tasks", nargs="+", help="task codes (default: data.tasks)")
+        job.add_argument("--splits", nargs="+", choices=SPLITS, help="splits (default: all)")
+        job.add_argument("--limit", type=int, help="at most this many rows per task and split")
+        if name == "caption":
+            job.add_argument(
+                "--retry-failed", action="store_true", help="caption failed images again"
+            )
+        else:
+            job.add_argument("--compare", action="store_true",
+                             help="also run generate mode and report its agreement with score mode")  # fmt: skip
     ex = sub.add_parser("export", help="merge a run's LoRA adapter into its base model")
     ex.add_argument("--run", required=True, type=Path, help="the run folder (runs/<name>)")
     ex.add_argument("--out", required=True, type=Path, help="folder for the merged model")
@@ -95,12 +111,22 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``caslie``."""
     parser = _parser()
     args, overrides = parser.parse_known_args(argv)
-    if overrides and args.command != "inspect":
+    if overrides and args.command not in ("inspect", "caption", "vote"):
         parser.error(f"unrecognized arguments: {' '.join(overrides)}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "inspect":
             inspect(load_config(args.config, overrides), args.split, args.n, args.format)
+        elif args.command == "caption":
+            from caslie.captioning import run_caption
+
+            cfg = load_config(args.config, overrides)
+            print(run_caption(cfg, args.tasks, args.splits, args.limit, args.retry_failed).text())
+        elif args.command == "vote":
+            from caslie.cqe import run_vote
+
+            cfg = load_config(args.config, overrides)
+            print(run_vote(cfg, args.tasks, args.splits, args.limit, args.compare).text())
         elif args.command == "evaluate":
             from caslie.evaluation import evaluate_file
 

@@ -328,6 +328,81 @@ class WandbConfig:
             )
 
 
+PAPER_VOTER_MODELS = {
+    "llama-3.2-3b-instruct": "meta-llama/Llama-3.2-3B-Instruct",
+    "llama-3.1-8b-instruct": "meta-llama/Llama-3.1-8B-Instruct",
+    "llama-3.2-11b-vision-instruct": "meta-llama/Llama-3.2-11B-Vision-Instruct",
+    "mistral-7b-instruct-v0.3": "mistralai/Mistral-7B-Instruct-v0.3",
+    "phi-3.5-mini-instruct": "microsoft/Phi-3.5-mini-instruct",
+}
+"""The paper's five CQE voters: voter name -> checkpoint."""
+
+
+@dataclass
+class CaptionConfig:
+    """EC3 captioning (``caslie caption``); captions go to the cache folder ``data.captions``."""
+
+    model: str = "meta-llama/Llama-3.2-11B-Vision-Instruct"
+    """Captioning VLM: hub id, local folder, or ``tiny:llava``."""
+    context: bool = True
+    """Context-conditioned prompts (Appendix C); ``false`` captions without context (BLIP-2 baseline)."""
+    length_instruction: str = "Please keep the caption within 50 words."
+    """Appended to each prompt (empty: nothing)."""
+    max_new_tokens: int = 96
+    """Caption length budget in tokens."""
+    batch_size: int = 8
+    """Images per generation batch."""
+    image_size: int = 500
+    """Images are resized to fit in ``image_size`` x ``image_size`` (the paper's medium size)."""
+    dtype: str = "auto"
+    """Weights dtype (as ``model.dtype``)."""
+    attn_implementation: str | None = None
+    """Attention kernel, or ``null`` for the library default."""
+    trust_remote_code: bool = False
+    """Allow model code from the hub."""
+    fetch_timeout_s: float = 10.0
+    """Per-request timeout for image URLs."""
+    fetch_retries: int = 2
+    """Retries after a failed URL fetch."""
+    max_image_bytes: int = 20_000_000
+    """Largest image download or file accepted."""
+    max_image_pixels: int = 40_000_000
+    """Largest image (width x height) decoded; larger ones are refused as decompression bombs."""
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.max_new_tokens < 1 or self.image_size < 32:
+            raise ConfigError(
+                "caption.batch_size and caption.max_new_tokens must be positive, caption.image_size >= 32"
+            )
+        if self.dtype not in ("auto", "bfloat16", "float16", "float32"):
+            raise ConfigError(f"caption.dtype '{self.dtype}' is not auto/bfloat16/float16/float32")
+
+
+@dataclass
+class CQEConfig:
+    """CQE voting (``caslie vote``) by the voters in ``data.voters``; votes go to ``data.votes``."""
+
+    models: dict[str, str] = field(default_factory=lambda: dict(PAPER_VOTER_MODELS))
+    """Voter name -> checkpoint (hub id, local folder or ``tiny:<name>``)."""
+    mode: str = "score"
+    """``score``: one forward pass, P(yes) against P(no); ``generate``: the reference way (generate
+    ``max_new_tokens`` and read the start)."""
+    max_new_tokens: int = 16
+    """Generation budget in ``generate`` mode (the reference uses 16)."""
+    batch_size: int = 16
+    """Prompts per forward pass."""
+    dtype: str = "auto"
+    """Weights dtype (as ``model.dtype``)."""
+    trust_remote_code: bool = False
+    """Allow model code from the hub."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("score", "generate"):
+            raise ConfigError(f"cqe.mode must be 'score' or 'generate', got '{self.mode}'")
+        if self.batch_size < 1 or self.max_new_tokens < 1:
+            raise ConfigError("cqe.batch_size and cqe.max_new_tokens must be positive")
+
+
 @dataclass
 class LoggerConfig:
     """Loggers."""
@@ -375,6 +450,10 @@ class Config:
     """Loggers."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """Evaluation."""
+    caption: CaptionConfig = field(default_factory=CaptionConfig)
+    """EC3 captioning (``caslie caption``)."""
+    cqe: CQEConfig = field(default_factory=CQEConfig)
+    """CQE voting (``caslie vote``)."""
 
     def __post_init__(self) -> None:
         world = self.trainer.devices * self.trainer.num_nodes

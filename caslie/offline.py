@@ -46,13 +46,26 @@ class TinySpec:
     heads: int = 4
     kv_heads: int = 2
     intermediate_size: int = 128
+    decisive: bool = False
+    """Boost the output rows of "yes" and "no", so the random model answers yes or no (a voter)."""
 
 
 TINY = {
     "mistral": TinySpec("mistral"),
     "llama": TinySpec("llama"),
+    "llava": TinySpec("llava"),
+    "voter-llama": TinySpec("llama", decisive=True),
+    "voter-mistral": TinySpec("mistral", decisive=True),
 }
-"""Tiny model names usable as ``tiny:<name>``."""
+"""Tiny model names usable as ``tiny:<name>`` (``llava``: a CLIP vision tower + a tiny Llama)."""
+
+LLAVA_CHAT = (
+    "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
+    "{% if c['type'] == 'image' %}<image>{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
 
 
 def cache_root() -> Path:
@@ -90,8 +103,9 @@ def build_tokenizer(name: str):
     from transformers import PreTrainedTokenizerFast
 
     spec = TINY[name]
-    special = SPECIAL_MISTRAL if name == "mistral" else SPECIAL_LLAMA
-    tok = Tokenizer(models.BPE(unk_token="<unk>" if name == "mistral" else None))
+    mistral = spec.architecture == "mistral"
+    special = SPECIAL_MISTRAL if mistral else SPECIAL_LLAMA
+    tok = Tokenizer(models.BPE(unk_token="<unk>" if mistral else None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
@@ -101,7 +115,7 @@ def build_tokenizer(name: str):
         show_progress=False,
     )
     tok.train_from_iterator(_corpus(), trainer=trainer)
-    if name == "mistral":
+    if mistral:
         bos, eos, pad, chat = "<s>", "</s>", "<pad>", MISTRAL_CHAT
         extra = {"unk_token": "<unk>"}
     else:
@@ -144,7 +158,85 @@ def build_model(name: str, tokenizer, seed: int = 0):
     )
     with torch.random.fork_rng(devices=[]):  # leave the caller's random stream untouched
         torch.manual_seed(seed)
-        return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        if spec.decisive:
+            _make_decisive(model, tokenizer)
+        return model
+
+
+def _calibration_prompts(tokenizer) -> list[str]:
+    """CQE prompts for the sample's captions, in the tokenizer's chat template."""
+    from caslie.config import DataConfig
+    from caslie.cqe import cqe_prompt
+    from caslie.data.records import load_records
+
+    records, _ = load_records(DataConfig(source="sample"), splits=["train", "val"])
+    prompts = [cqe_prompt(r, j, c) for r in records for j, c in enumerate(r.captions or ()) if c]
+    return [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                          tokenize=False) for p in prompts]  # fmt: skip
+
+
+def _make_decisive(model, tokenizer) -> None:
+    """Set the output rows of "yes" and "no" so that the model answers one of them, and which one
+    depends on the prompt: both share a large component along the mean final hidden state, and
+    differ along the direction in which the sample's CQE prompts vary most (about half say yes)."""
+    import torch
+
+    tokenizer.padding_side = "left"
+    enc = tokenizer(
+        _calibration_prompts(tokenizer), padding=True, return_tensors="pt", add_special_tokens=False
+    )
+    with torch.no_grad():
+        hidden = model.model(**enc).last_hidden_state[:, -1].float()
+        mean = hidden.mean(0)
+        spread = torch.linalg.svd(hidden - mean, full_matrices=False).Vh[0]
+        spread = spread - (spread @ mean) / (mean @ mean) * mean  # no share of the common part
+        spread = spread / spread.norm()
+        common = mean / mean.norm()
+        s = 12.0 / float((hidden @ common).mean())
+        k = 6.0 / float(((hidden - mean) @ spread).std())
+        head = model.get_output_embeddings().weight
+        yes, no = (tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in ("yes", "no"))
+        head[yes] = s * common + k / 2 * spread
+        head[no] = s * common - k / 2 * spread
+
+
+def build_llava(tokenizer, seed: int = 0):
+    """A tiny LLaVA (CLIP vision tower, projector, tiny Llama) and its processor.
+
+    ``tokenizer`` is the tiny Llama tokenizer; an ``<image>`` token is added to it.
+    """
+    import torch
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    try:
+        from transformers import CLIPImageProcessorPil as ImageProcessor
+    except ImportError:  # older transformers: the PIL processor is the default one
+        from transformers import CLIPImageProcessor as ImageProcessor
+
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    spec = TINY["llama"]
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=56, patch_size=14, projection_dim=32)  # fmt: skip
+    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
+                       num_hidden_layers=spec.layers, num_attention_heads=spec.heads, num_key_value_heads=spec.kv_heads,
+                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                       pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)  # fmt: skip
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+                         vision_feature_select_strategy="default", vision_feature_layer=-1)  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlavaForConditionalGeneration(config).eval()
+    images = ImageProcessor(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56})
+    processor = LlavaProcessor(image_processor=images, tokenizer=tokenizer, patch_size=14, chat_template=LLAVA_CHAT,
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1)  # fmt: skip
+    return model, processor
 
 
 def ensure_tiny(name: str) -> Path:
@@ -157,9 +249,14 @@ def ensure_tiny(name: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
     try:
-        tokenizer = build_tokenizer(name)
-        tokenizer.save_pretrained(tmp)
-        build_model(name, tokenizer).save_pretrained(tmp, safe_serialization=True)
+        if name == "llava":
+            model, processor = build_llava(build_tokenizer("llama"))
+            processor.save_pretrained(tmp)
+            model.save_pretrained(tmp, safe_serialization=True)
+        else:
+            tokenizer = build_tokenizer(name)
+            tokenizer.save_pretrained(tmp)
+            build_model(name, tokenizer).save_pretrained(tmp, safe_serialization=True)
         with contextlib.suppress(
             OSError
         ):  # another process finished first; theirs is as good as ours

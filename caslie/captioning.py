@@ -1,0 +1,227 @@
+"""EC3 captioning (``caslie caption``): context-conditioned captions of product images into a cache.
+
+Backends load through transformers' ``AutoProcessor`` and ``AutoModelForImageTextToText`` and use
+the processor's chat template: Llama-3.2-Vision (``mllama``, the paper's default), LLaVA-1.5
+(``llava``), LLaVA-NeXT (``llava_next``); BLIP-2 (``blip-2``) captions without any prompt, the
+paper's context-free baseline. Prompts come from Appendix C, one per product image. Generation is
+greedy and batched with left padding. An image that cannot be had is recorded as the caption "NA"
+with its reason, and the run goes on; ``--retry-failed`` tries those again.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from caslie.cache import CaptionCache, text_hash
+from caslie.config import CaptionConfig, Config, ConfigError
+from caslie.data.records import Record, default_image_root
+from caslie.images import ImageError, ImageLimits, load_image
+from caslie.jobs import JobSummary, local_device, my_share, progress, rank_world, select_records
+from caslie.slots import fill, slot_contexts
+from caslie.tasks import TASKS
+
+log = logging.getLogger(__name__)
+
+CONTEXT_FREE_PROMPT = "Please generate an informative caption for the product in the image."
+NESTED_IMAGES = {"mllama"}  # processors that take one list of images per prompt
+NO_PROMPT = {"blip-2"}  # captions from the image alone
+
+
+@dataclass(frozen=True)
+class CaptionJob:
+    """One image slot to caption."""
+
+    record: Record
+    index: int
+    instruction: str
+    template: str
+
+
+def instruction_for(record: Record, index: int, cfg: CaptionConfig) -> str:
+    """The captioning instruction for one image slot (Appendix C, plus the length instruction)."""
+    base = (
+        fill(TASKS[record.task].caption_template, slot_contexts(record)[index])
+        if cfg.context
+        else CONTEXT_FREE_PROMPT
+    )
+    return f"{base} {cfg.length_instruction}".strip()
+
+
+def template_key(task: str, cfg: CaptionConfig) -> str:
+    """Hash of what shapes a task's prompts; a cached caption counts only under the same key."""
+    base = TASKS[task].caption_template if cfg.context else CONTEXT_FREE_PROMPT
+    return text_hash(f"{base}|{cfg.length_instruction}|{cfg.max_new_tokens}")
+
+
+def clean_caption(text: str) -> str:
+    """Collapse whitespace, drop wrapping quotes and a leading ``Caption:`` label."""
+    text = re.sub(r"\s+", " ", text).strip()
+    text = re.sub(r"^(?:caption|answer)\s*:\s*", "", text, flags=re.IGNORECASE)
+    return text.strip().strip('"“”').strip()
+
+
+class Captioner:
+    """A VLM with its processor, captioning batches of images.
+
+    Args:
+        cfg: The caption config.
+        device: Where the model runs.
+    """
+
+    def __init__(self, cfg: CaptionConfig, device: str = "cpu"):
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        from caslie.models.lora import resolve_dtype
+        from caslie.offline import resolve_pretrained
+
+        path = resolve_pretrained(cfg.model, "captioning model")
+        self.cfg, self.device = cfg, device
+        self.processor = AutoProcessor.from_pretrained(
+            path, trust_remote_code=cfg.trust_remote_code
+        )
+        kwargs: dict[str, Any] = {
+            "dtype": resolve_dtype(cfg.dtype),
+            "trust_remote_code": cfg.trust_remote_code,
+        }
+        if cfg.attn_implementation:
+            kwargs["attn_implementation"] = cfg.attn_implementation
+        self.model = AutoModelForImageTextToText.from_pretrained(path, **kwargs).to(device).eval()
+        self.kind = self.model.config.model_type
+        self.tokenizer = self.processor.tokenizer
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:  # generation only: padding is masked out
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+
+    def prompt(self, instruction: str) -> str:
+        """The chat-formatted prompt around one image and the instruction."""
+        if self.kind in NO_PROMPT:
+            return ""
+        messages = [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": instruction}]}
+        ]
+        return self.processor.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False
+        )
+
+    @torch.no_grad()
+    def caption(self, images: list, instructions: list[str]) -> list[str]:
+        """Greedy captions for a batch of images, one instruction each."""
+        texts = [self.prompt(i) for i in instructions]
+        imgs: list = [[im] for im in images] if self.kind in NESTED_IMAGES else images
+        # Chat templates already hold BOS; the processor must not add a second one.
+        enc = self.processor(images=imgs, text=texts, padding=True, return_tensors="pt",
+                             add_special_tokens=self.kind in NO_PROMPT)  # fmt: skip
+        enc = {k: v.to(self.device) for k, v in enc.items()}
+        if "pixel_values" in enc:
+            enc["pixel_values"] = enc["pixel_values"].to(self.model.dtype)
+        out = self.model.generate(**enc, max_new_tokens=self.cfg.max_new_tokens, do_sample=False,
+                                  pad_token_id=self.tokenizer.pad_token_id)  # fmt: skip
+        new = out[:, enc["input_ids"].shape[1] :]
+        return [
+            clean_caption(t) for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        ]
+
+
+def plan(
+    records: list[Record], cfg: CaptionConfig, cached: dict, retry_failed: bool
+) -> tuple[list[CaptionJob], int]:
+    """Image slots still to caption, and how many are skipped because the cache has them."""
+    jobs, skipped = [], 0
+    for r in records:
+        template = template_key(r.task, cfg)
+        for j in range(len(r.images)):
+            entry = cached.get((r.id, j))
+            cached_here = entry is not None and entry.get("template") == template
+            if cached_here and (entry.get("status", "ok") == "ok" or not retry_failed):
+                skipped += 1
+                continue
+            jobs.append(CaptionJob(r, j, instruction_for(r, j, cfg), template))
+    return jobs, skipped
+
+
+def run_caption(cfg: Config, tasks: list[str] | None = None, splits: list[str] | None = None,
+                limit: int | None = None, retry_failed: bool = False) -> JobSummary:  # fmt: skip
+    """Caption every selected image slot not yet in ``data.captions`` (this rank's share).
+
+    Raises:
+        ConfigError: ``data.captions`` is not a cache folder.
+    """
+    if cfg.data.captions == "dataset":
+        raise ConfigError(
+            "caslie caption writes a caption cache: set data.captions to a folder (e.g. cache/captions)"
+        )
+    start = time.perf_counter()
+    rank, world = rank_world()
+    cc, root = cfg.caption, Path(cfg.data.image_root or default_image_root(cfg.data.source))
+    limits = ImageLimits(
+        cc.fetch_timeout_s, cc.fetch_retries, cc.max_image_bytes, cc.max_image_pixels, cc.image_size
+    )
+    cache = CaptionCache(cfg.data.captions)
+    cached = cache.load(model=cc.model) if cache.folder.is_dir() else {}
+    records = select_records(cfg, tasks, splits, limit)
+    all_jobs, skipped_all = plan(records, cc, cached, retry_failed)
+    jobs = my_share(all_jobs, rank, world)
+    summary = JobSummary("caption", total=len(jobs), skipped=skipped_all if rank == 0 else 0)
+    if not jobs:
+        summary.seconds = time.perf_counter() - start
+        return summary
+    captioner = Captioner(cc, local_device())
+
+    def fetch(job: CaptionJob) -> Any:
+        try:
+            return load_image(job.record.images[job.index], root, limits)
+        except ImageError as err:
+            return err
+
+    bar = progress(len(jobs), f"captioning with {cc.model}", "img")
+    size = cc.batch_size
+    with (
+        cache.writer(rank) as writer,
+        ThreadPoolExecutor(8) as fetchers,
+        ThreadPoolExecutor(1) as ahead,
+    ):
+
+        def fetch_batch(batch: list[CaptionJob]) -> list:
+            return list(fetchers.map(fetch, batch))
+
+        future = ahead.submit(fetch_batch, jobs[:size])
+        for begin in range(0, len(jobs), size):
+            batch, images = jobs[begin : begin + size], future.result()
+            if begin + size < len(jobs):  # fetch the next images while this batch generates
+                future = ahead.submit(fetch_batch, jobs[begin + size : begin + 2 * size])
+            ok = []
+            for job, im in zip(batch, images, strict=True):
+                if isinstance(im, ImageError):
+                    writer.write(_entry(job, cc.model, "NA", "failed", str(im)))
+                    summary.fail(str(im))
+                else:
+                    ok.append((job, im))
+            if ok:
+                texts = captioner.caption([im for _, im in ok], [job.instruction for job, _ in ok])
+                for (job, _), text in zip(ok, texts, strict=True):
+                    if text:
+                        writer.write(_entry(job, cc.model, text, "ok"))
+                        summary.done += 1
+                    else:
+                        writer.write(_entry(job, cc.model, "NA", "failed", "empty caption"))
+                        summary.fail("empty caption")
+            bar.update(len(batch))
+    bar.close()
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _entry(
+    job: CaptionJob, model: str, caption: str, status: str, reason: str | None = None
+) -> dict:
+    return {"row_id": job.record.id, "image_index": job.index, "model": model, "template": job.template,
+            "caption": caption, "status": status, "reason": reason, "task": job.record.task,
+            "split": job.record.split, "image": job.record.images[job.index]}  # fmt: skip

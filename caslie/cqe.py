@@ -1,0 +1,287 @@
+"""CQE caption-quality voting (``caslie vote``): each voter judges whether a caption helps the task.
+
+Each voter sees the Appendix C prompt for the caption's task and product in its own chat template.
+``score`` mode (default) runs one forward pass per batch and compares the next-token probability of
+"yes" against "no" (every first token that reads yes/Yes/" yes"... counts); ``generate`` mode
+reproduces the reference scripts: generate up to 16 tokens and read the start. Votes are stored per
+voter with the probability of yes, so ``mv`` over any voter subset and ``single:<voter>`` come from
+the same cache.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from caslie.cache import VoteCache, text_hash
+from caslie.config import Config, ConfigError, CQEConfig
+from caslie.data.records import Record
+from caslie.fusion import CaptionSource, decide
+from caslie.jobs import (
+    JobSummary,
+    batches,
+    local_device,
+    my_share,
+    progress,
+    rank_world,
+    select_records,
+)
+from caslie.slots import fill, slot_contexts
+from caslie.tasks import TASKS
+
+log = logging.getLogger(__name__)
+
+VLM_TYPES = {
+    "mllama",
+    "llava",
+    "llava_next",
+}  # voters loaded with their VLM class, used on text only
+
+
+@dataclass(frozen=True)
+class VoteJob:
+    """One caption for one voter to judge."""
+
+    record: Record
+    index: int
+    caption: str
+    prompt: str
+
+    @property
+    def key(self) -> tuple[str, int, str]:
+        return self.record.id, self.index, text_hash(self.caption)
+
+
+def cqe_prompt(record: Record, index: int, caption: str) -> str:
+    """The Appendix C caption-quality instruction for one image slot."""
+    return fill(
+        TASKS[record.task].cqe_template, slot_contexts(record)[index] | {"caption": caption}
+    )
+
+
+def read_answer(text: str) -> str | None:
+    """``yes``/``no`` from the start of a generated answer, else ``None``."""
+    match = re.match(r"^\W*(yes|no)", text.strip().lower())
+    return match.group(1) if match else None
+
+
+def answer_token_ids(tokenizer: Any, word: str) -> list[int]:
+    """Ids of every first token that starts ``word`` in some casing and spacing ("yes", "Yes", " yes").
+
+    A tokenizer that splits the word counts its first piece (the model commits to it first).
+    """
+    ids = set()
+    for variant in (word, word.capitalize(), word.upper()):
+        for text in (variant, " " + variant):
+            toks = tokenizer(text, add_special_tokens=False)["input_ids"]
+            piece = tokenizer.decode(toks[:1]).strip().lower() if toks else ""
+            if piece and word.startswith(piece):
+                ids.add(toks[0])
+    if not ids:
+        raise ValueError(f"the tokenizer has no token that starts '{word}'")
+    return sorted(ids)
+
+
+class Voter:
+    """One CQE voter: an instruction-tuned LLM (or a VLM used on text) with its tokenizer.
+
+    Args:
+        name: Voter name (the cache subfolder).
+        model_id: Checkpoint.
+        cfg: The CQE config.
+        device: Where the model runs.
+    """
+
+    def __init__(self, name: str, model_id: str, cfg: CQEConfig, device: str = "cpu"):
+        from transformers import (
+            AutoConfig,
+            AutoModelForCausalLM,
+            AutoModelForImageTextToText,
+            AutoProcessor,
+            AutoTokenizer,
+        )
+
+        from caslie.models.lora import resolve_dtype
+        from caslie.offline import resolve_pretrained
+
+        path = resolve_pretrained(model_id, f"voter '{name}'")
+        self.name, self.cfg, self.device = name, cfg, device
+        remote = cfg.trust_remote_code
+        kind = AutoConfig.from_pretrained(path, trust_remote_code=remote).model_type
+        if kind in VLM_TYPES:
+            self.tokenizer = AutoProcessor.from_pretrained(path, trust_remote_code=remote).tokenizer
+            model_cls = AutoModelForImageTextToText
+        else:
+            self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=remote)
+            model_cls = AutoModelForCausalLM
+        self.model = model_cls.from_pretrained(
+            path, dtype=resolve_dtype(cfg.dtype), trust_remote_code=remote
+        )
+        self.model.to(device).eval()
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:  # masked out; never trained on
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.yes_ids = answer_token_ids(self.tokenizer, "yes")
+        self.no_ids = answer_token_ids(self.tokenizer, "no")
+        self.templated = bool(getattr(self.tokenizer, "chat_template", None))
+
+    def render(self, instruction: str) -> str:
+        """The instruction as a user turn in the voter's chat template."""
+        if not self.templated:
+            return instruction
+        messages = [{"role": "user", "content": instruction}]
+        return self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False
+        )
+
+    def _encode(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        texts = [self.render(p) for p in prompts]
+        enc = self.tokenizer(
+            texts, padding=True, return_tensors="pt", add_special_tokens=not self.templated
+        )
+        return {
+            k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")
+        }
+
+    @torch.no_grad()
+    def score(self, prompts: list[str]) -> list[float]:
+        """P(yes) / (P(yes) + P(no)) for the next token after each prompt: one forward pass."""
+        enc = self._encode(prompts)
+        logits = self.model(**enc, use_cache=False, logits_to_keep=1).logits[:, -1, :].float()
+        probs = logits.softmax(dim=-1)
+        p_yes = probs[:, self.yes_ids].sum(dim=-1)
+        p_no = probs[:, self.no_ids].sum(dim=-1)
+        return (p_yes / (p_yes + p_no).clamp_min(1e-30)).tolist()
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], max_new_tokens: int | None = None) -> list[str]:
+        """Greedy answers of up to ``cqe.max_new_tokens`` tokens (the reference way)."""
+        enc = self._encode(prompts)
+        out = self.model.generate(**enc, max_new_tokens=max_new_tokens or self.cfg.max_new_tokens, do_sample=False,
+                                  pad_token_id=self.tokenizer.pad_token_id)  # fmt: skip
+        return self.tokenizer.batch_decode(
+            out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True
+        )
+
+    def close(self) -> None:
+        """Free the model's memory before the next voter loads."""
+        del self.model
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def vote_jobs(cfg: Config, records: list[Record]) -> tuple[list[VoteJob], int]:
+    """Every captioned image slot of ``records`` (captions from ``data.captions``), and the number of
+    slots without a usable caption (missing or failed: nothing to judge)."""
+    source = CaptionSource(cfg.data)
+    jobs, uncaptioned = [], 0
+    for r in records:
+        captions = source.get(r) or (None,) * len(r.images)
+        for j, caption in enumerate(captions):
+            if caption is None or caption == "NA":
+                uncaptioned += 1
+                continue
+            jobs.append(VoteJob(r, j, caption, cqe_prompt(r, j, caption)))
+    return jobs, uncaptioned
+
+
+def _vote_batch(voter: Voter, batch: list[VoteJob], mode: str) -> list[dict[str, Any]]:
+    prompts = [j.prompt for j in batch]
+    if mode == "score":
+        return [
+            {"vote": "yes" if p >= 0.5 else "no", "p_yes": round(p, 6), "answer": None}
+            for p in voter.score(prompts)
+        ]
+    # The reference reads the start of the answer; anything else counts as "no".
+    return [{"vote": "yes" if read_answer(t) == "yes" else "no", "p_yes": None, "answer": t}
+            for t in voter.generate(prompts)]  # fmt: skip
+
+
+def agreement(voter: Voter, jobs: list[VoteJob], batch_size: int) -> dict[str, Any]:
+    """Compare ``score`` votes with ``generate`` answers on the same prompts.
+
+    Returns:
+        ``rows`` compared, ``readable`` (generated answers that start with yes or no) and
+        ``agree`` (score votes equal to those answers).
+    """
+    readable = agree = 0
+    for batch in batches(jobs, batch_size):
+        prompts = [j.prompt for j in batch]
+        for p, text in zip(voter.score(prompts), voter.generate(prompts), strict=True):
+            answer = read_answer(text)
+            if answer is not None:
+                readable += 1
+                agree += answer == ("yes" if p >= 0.5 else "no")
+    return {"rows": len(jobs), "readable": readable, "agree": agree}
+
+
+def run_vote(cfg: Config, tasks: list[str] | None = None, splits: list[str] | None = None,
+             limit: int | None = None, compare: bool = False) -> JobSummary:  # fmt: skip
+    """Vote on every captioned slot not yet judged by each voter in ``data.voters`` (this rank's share).
+
+    Raises:
+        ConfigError: no ``data.votes`` folder, or a voter without a checkpoint in ``cqe.models``.
+    """
+    if not cfg.data.votes:
+        raise ConfigError(
+            "caslie vote writes a vote cache: set data.votes to a folder (e.g. cache/votes)"
+        )
+    unknown = [v for v in cfg.data.voters if v not in cfg.cqe.models]
+    if unknown:
+        raise ConfigError(
+            f"voters {unknown} have no checkpoint in cqe.models (known: {', '.join(cfg.cqe.models)})"
+        )
+    start = time.perf_counter()
+    rank, world = rank_world()
+    cache = VoteCache(cfg.data.votes)
+    all_jobs, uncaptioned = vote_jobs(cfg, select_records(cfg, tasks, splits, limit))
+    summary = JobSummary(
+        "vote", extra={"captions to judge": len(all_jobs), "slots without a caption": uncaptioned}
+    )
+    device = local_device()
+    for name in cfg.data.voters:
+        cached = cache.load(name)
+        todo = [j for j in all_jobs if j.key not in cached]
+        summary.skipped += len(all_jobs) - len(todo) if rank == 0 else 0
+        mine = my_share(todo, rank, world)
+        summary.total += len(mine)
+        if not mine and not compare:
+            continue
+        voter = Voter(name, cfg.cqe.models[name], cfg.cqe, device)
+        template = {t: text_hash(TASKS[t].cqe_template) for t in TASKS}
+        bar = progress(len(mine), f"{name} ({cfg.cqe.mode})", "caption")
+        with cache.writer(name, rank) as writer:
+            for batch in batches(mine, cfg.cqe.batch_size):
+                for job, vote in zip(batch, _vote_batch(voter, batch, cfg.cqe.mode), strict=True):
+                    row_id, index, sha = job.key
+                    writer.write({"row_id": row_id, "image_index": index, "voter": name, "caption_sha": sha,
+                                  "template": template[job.record.task], "mode": cfg.cqe.mode, **vote})  # fmt: skip
+                    summary.done += 1
+                bar.update(len(batch))
+        bar.close()
+        if compare:
+            summary.extra[f"score vs generate, {name}"] = agreement(
+                voter, my_share(all_jobs, rank, world), cfg.cqe.batch_size
+            )
+        voter.close()
+    summary.extra["caption used % (mv over data.voters)"] = _used_pct(cache, cfg, all_jobs)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _used_pct(cache: VoteCache, cfg: Config, jobs: list[VoteJob]) -> float | None:
+    tables = {v: cache.load(v) for v in cfg.data.voters}
+    decided = used = 0
+    for job in jobs:
+        votes = {v: t[job.key]["vote"] for v, t in tables.items() if job.key in t}
+        if len(votes) == len(cfg.data.voters):
+            decided += 1
+            used += decide(votes, cfg.data.voters, cfg.data.mv_tie)
+    return round(100 * used / decided, 1) if decided else None
