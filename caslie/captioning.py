@@ -130,20 +130,23 @@ class Captioner:
         ]
 
 
-def plan(
-    records: list[Record], cfg: CaptionConfig, cached: dict, retry_failed: bool
-) -> tuple[list[CaptionJob], int]:
-    """Image slots still to caption, and how many are skipped because the cache has them."""
+def plan(records: list[Record], cfg: CaptionConfig, cached: dict, retry_failed: bool,
+         rank: int = 0, world: int = 1) -> tuple[list[CaptionJob], int]:  # fmt: skip
+    """This rank's image slots still to caption, and how many of its slots the cache already has.
+
+    Slots are dealt to ranks before the cache is consulted, so a rank owns the same slots whatever
+    the others have written meanwhile.
+    """
     jobs, skipped = [], 0
-    for r in records:
+    slots = [(r, j) for r in records for j in range(len(r.images))]
+    for r, j in my_share(slots, rank, world):
         template = template_key(r.task, cfg)
-        for j in range(len(r.images)):
-            entry = cached.get((r.id, j))
-            cached_here = entry is not None and entry.get("template") == template
-            if cached_here and (entry.get("status", "ok") == "ok" or not retry_failed):
-                skipped += 1
-                continue
-            jobs.append(CaptionJob(r, j, instruction_for(r, j, cfg), template))
+        entry = cached.get((r.id, j))
+        cached_here = entry is not None and entry.get("template") == template
+        if cached_here and (entry.get("status", "ok") == "ok" or not retry_failed):
+            skipped += 1
+            continue
+        jobs.append(CaptionJob(r, j, instruction_for(r, j, cfg), template))
     return jobs, skipped
 
 
@@ -167,9 +170,8 @@ def run_caption(cfg: Config, tasks: list[str] | None = None, splits: list[str] |
     cache = CaptionCache(cfg.data.captions)
     cached = cache.load(model=cc.model) if cache.folder.is_dir() else {}
     records = select_records(cfg, tasks, splits, limit)
-    all_jobs, skipped_all = plan(records, cc, cached, retry_failed)
-    jobs = my_share(all_jobs, rank, world)
-    summary = JobSummary("caption", total=len(jobs), skipped=skipped_all if rank == 0 else 0)
+    jobs, skipped = plan(records, cc, cached, retry_failed, rank, world)
+    summary = JobSummary("caption", total=len(jobs), skipped=skipped)
     if not jobs:
         summary.seconds = time.perf_counter() - start
         return summary

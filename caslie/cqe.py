@@ -246,11 +246,13 @@ def run_vote(cfg: Config, tasks: list[str] | None = None, splits: list[str] | No
         "vote", extra={"captions to judge": len(all_jobs), "slots without a caption": uncaptioned}
     )
     device = local_device()
+    # Deal captions to ranks before consulting the cache: a rank owns the same ones whatever the
+    # others have written meanwhile.
+    my_jobs = my_share(all_jobs, rank, world)
     for name in cfg.data.voters:
         cached = cache.load(name)
-        todo = [j for j in all_jobs if j.key not in cached]
-        summary.skipped += len(all_jobs) - len(todo) if rank == 0 else 0
-        mine = my_share(todo, rank, world)
+        mine = [j for j in my_jobs if j.key not in cached]
+        summary.skipped += len(my_jobs) - len(mine)
         summary.total += len(mine)
         if not mine and not compare:
             continue
@@ -268,7 +270,7 @@ def run_vote(cfg: Config, tasks: list[str] | None = None, splits: list[str] | No
         bar.close()
         if compare:
             summary.extra[f"score vs generate, {name}"] = agreement(
-                voter, my_share(all_jobs, rank, world), cfg.cqe.batch_size
+                voter, my_jobs, cfg.cqe.batch_size
             )
         voter.close()
     summary.extra["caption used % (mv over data.voters)"] = _used_pct(cache, cfg, all_jobs)

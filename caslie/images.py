@@ -13,6 +13,7 @@ import io
 import time
 import urllib.error
 import urllib.request
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -85,7 +86,10 @@ def decode_image(data: bytes, limits: ImageLimits, ref: str = "image"):
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with warnings.catch_warnings():  # the pixel limit below decides, not PIL's warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+        with img:
             if img.format not in FORMATS:
                 raise ImageError(f"{ref}: unsupported image format {img.format}")
             width, height = img.size

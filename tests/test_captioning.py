@@ -1,0 +1,144 @@
+"""``caslie caption`` with the tiny LLaVA on the sample: prompts, cache, resume, shards, kill -9."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import write_jsonl
+
+from caslie.cache import CaptionCache, read_shards
+from caslie.captioning import instruction_for, run_caption
+from caslie.config import load_config
+from caslie.data.records import load_records
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _cfg(tmp: Path, *overrides: str):
+    return load_config(REPO / "configs/caption/demo.yaml",
+                       [f"data.captions={tmp / 'captions'}", f"data.cache_dir={tmp / 'c'}", *overrides])  # fmt: skip
+
+
+def _slots(cfg):
+    records, _ = load_records(cfg.data, splits=["train", "val", "test_ind", "test_ood"])
+    return records
+
+
+def test_prompts_follow_appendix_c_per_product(tmp_path):
+    cfg = _cfg(tmp_path)
+    records = _slots(cfg)
+    prp = next(r for r in records if r.task == "prp")
+    first, second = instruction_for(prp, 0, cfg.caption), instruction_for(prp, 1, cfg.caption)
+    assert (
+        prp.input["product 1"] in first
+        and f"between this product and {prp.input['product 2']}" in first
+    )
+    assert (
+        prp.input["product 2"] in second
+        and f"between this product and {prp.input['product 1']}" in second
+    )
+    assert first.endswith("Please keep the caption within 50 words.")
+    sr = next(r for r in records if r.task == "sr")
+    texts = [instruction_for(sr, j, cfg.caption) for j in range(len(sr.images))]
+    assert len(texts) == len(sr.input) + len(sr.options) and len(set(texts)) == len(texts)
+    assert sr.options[0].split(": ", 1)[1] in texts[len(sr.input)]
+    free = load_config(REPO / "configs/caption/demo.yaml", ["caption.context=false"]).caption
+    assert prp.input["product 1"] not in instruction_for(prp, 0, free)
+
+
+def test_caption_fills_the_cache_and_a_rerun_skips_everything(tmp_path):
+    cfg = _cfg(tmp_path)
+    first = run_caption(cfg, tasks=["prp", "sa"], limit=2)
+    per_split = Counter()
+    n_slots = 0
+    for r in _slots(cfg):
+        if r.task in ("prp", "sa") and per_split[(r.task, r.split)] < 2:
+            per_split[(r.task, r.split)] += 1
+            n_slots += len(r.images)
+    assert first.done == first.total == n_slots and first.failed == 0
+    cached = CaptionCache(cfg.data.captions).load(model="tiny:llava")
+    assert len(cached) == first.total and all(
+        e["status"] == "ok" and e["caption"] for e in cached.values()
+    )
+    again = run_caption(cfg, tasks=["prp", "sa"], limit=2)
+    assert again.total == 0 and again.skipped == first.total
+
+
+def test_bad_images_are_recorded_as_na_and_retried_on_request(tmp_path, sample_rows):
+    rows = [
+        dict(r) for r in sample_rows if r["task"] == "sentiment_analysis" and r["split"] == "train"
+    ][:4]
+    rows[1]["images"] = json.dumps(["../../secret.png"])
+    rows[2]["images"] = json.dumps(["http://127.0.0.1:9/gone.png"])
+    data = write_jsonl(tmp_path / "rows" / "rows.jsonl", rows)
+    shutil.copytree(REPO / "data/sample/images", tmp_path / "rows" / "images")
+    cfg = _cfg(
+        tmp_path, f"data.source={data}", "caption.fetch_retries=0", "caption.fetch_timeout_s=1"
+    )
+    summary = run_caption(cfg)
+    assert (summary.done, summary.failed) == (2, 2)
+    entries = CaptionCache(cfg.data.captions).load(model="tiny:llava")
+    failed = {e["image"]: e for e in entries.values() if e["status"] == "failed"}
+    assert (
+        failed["../../secret.png"]["caption"] == "NA"
+        and "outside the data root" in failed["../../secret.png"]["reason"]
+    )
+    assert "cannot fetch" in failed["http://127.0.0.1:9/gone.png"]["reason"]
+    assert run_caption(cfg).total == 0  # failures are not retried by default
+    assert run_caption(cfg, retry_failed=True).total == 2
+
+
+def test_two_shards_merge_to_the_single_process_result(tmp_path, monkeypatch):
+    single = _cfg(tmp_path / "one")
+    run_caption(single, tasks=["cc", "sr"], limit=2)
+    sharded = _cfg(tmp_path / "two")
+    totals = []
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        totals.append(run_caption(sharded, tasks=["cc", "sr"], limit=2).total)
+    assert len(list(Path(sharded.data.captions).glob("r0000-*.jsonl"))) == 1
+    assert len(list(Path(sharded.data.captions).glob("r0001-*.jsonl"))) == 1
+    a = CaptionCache(single.data.captions).load(model="tiny:llava")
+    b = CaptionCache(sharded.data.captions).load(model="tiny:llava")
+    assert sum(totals) == len(a) and abs(totals[0] - totals[1]) <= 1
+    assert {k: v["caption"] for k, v in a.items()} == {k: v["caption"] for k, v in b.items()}
+
+
+@pytest.mark.slow
+def test_kill_9_mid_run_then_rerun_gives_every_slot_exactly_once(tmp_path):
+    cmd = [sys.executable, "-m", "caslie.cli", "caption", "--config", "configs/caption/demo.yaml",
+           f"data.captions={tmp_path / 'captions'}", f"data.cache_dir={tmp_path / 'c'}", "caption.batch_size=2"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    lines = 0
+    while time.time() < deadline and proc.poll() is None:
+        lines = (
+            sum(f.read_bytes().count(b"\n") for f in (tmp_path / "captions").glob("*.jsonl"))
+            if (tmp_path / "captions").exists()
+            else 0
+        )
+        if lines >= 40:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = sum(1 for _ in read_shards(tmp_path / "captions"))
+    assert done_before > 0
+    rerun = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    entries = list(read_shards(tmp_path / "captions"))
+    counts = Counter((e["row_id"], e["image_index"]) for e in entries)
+    cfg = _cfg(tmp_path)
+    expected = {(r.id, j) for r in _slots(cfg) for j in range(len(r.images))}
+    assert set(counts) == expected  # nothing lost
+    assert set(counts.values()) == {1}  # nothing done twice
+    assert f"{len(expected) - done_before} done" in rerun.stdout
