@@ -1,0 +1,157 @@
+"""``caslie vote`` with tiny voters on the sample: prompts, yes/no scoring, cache, shards, kill -9."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from caslie.cache import VoteCache, read_shards
+from caslie.config import ConfigError, load_config
+from caslie.cqe import Voter, answer_token_ids, cqe_prompt, read_answer, run_vote, vote_jobs
+from caslie.fusion import fuse_records
+from caslie.jobs import select_records
+from caslie.offline import load_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+VOTERS = ["tiny-llama", "tiny-mistral", "tiny-llava"]
+
+
+def _cfg(tmp: Path, *overrides: str):
+    return load_config(REPO / "configs/cqe/demo.yaml",
+                       [f"data.votes={tmp / 'votes'}", f"data.cache_dir={tmp / 'c'}", *overrides])  # fmt: skip
+
+
+def test_prompt_is_appendix_c_with_the_caption(tmp_path):
+    cfg = _cfg(tmp_path)
+    records = select_records(cfg, ["prp"], ["train"], 1)
+    r = records[0]
+    text = cqe_prompt(r, 1, "A red box")
+    assert (
+        f"title of product 1: {r.input['product 2']}, and product 2: {r.input['product 1']}" in text
+    )
+    assert "image: A red box, you need" in text and text.endswith("Only output yes or no.")
+
+
+@pytest.mark.parametrize("name", ["llama", "mistral"])
+def test_yes_no_tokens_cover_casing_and_leading_space(name):
+    tok = load_tokenizer(f"tiny:{name}")
+    yes = {tok.decode([i]).strip().lower() for i in answer_token_ids(tok, "yes")}
+    no = {tok.decode([i]).strip().lower() for i in answer_token_ids(tok, "no")}
+    assert "yes" in yes and "no" in no and not (yes & no)
+    assert all("yes".startswith(p) for p in yes) and all("no".startswith(p) for p in no)
+
+
+@pytest.mark.parametrize(
+    ("text", "vote"),
+    [("yes", "yes"), (" Yes, it helps.", "yes"), ("NO.", "no"), ("nonono", "no"), ("maybe", None)],
+)
+def test_reading_a_generated_answer(text, vote):
+    assert read_answer(text) == vote
+
+
+def test_score_mode_agrees_with_generation_wherever_the_answer_is_readable(tmp_path):
+    cfg = _cfg(tmp_path)
+    jobs, _ = vote_jobs(cfg, select_records(cfg, None, ["val"], 3))
+    for model in ("tiny:voter-llama", "tiny:voter-mistral"):
+        voter = Voter("v", model, cfg.cqe)
+        prompts = [j.prompt for j in jobs]
+        scores = voter.score(prompts)
+        answers = [read_answer(t) for t in voter.generate(prompts)]
+        readable = [(s, a) for s, a in zip(scores, answers, strict=True) if a is not None]
+        assert len(readable) == len(prompts)  # these voters always answer yes or no
+        assert all(a == ("yes" if s >= 0.5 else "no") for s, a in readable)
+        assert (
+            0 < sum(a == "yes" for _, a in readable) < len(readable)
+        )  # votes depend on the prompt
+
+
+def test_vote_fills_one_cache_per_voter_that_serves_mv_and_single(tmp_path):
+    cfg = _cfg(tmp_path)
+    summary = run_vote(cfg, tasks=["sa", "sr"])
+    jobs, _ = vote_jobs(cfg, select_records(cfg, ["sa", "sr"], None, None))
+    assert summary.done == summary.total == len(jobs) * len(VOTERS)
+    cache = VoteCache(cfg.data.votes)
+    assert cache.voters() == sorted(VOTERS)
+    for v in VOTERS:
+        votes = cache.load(v)
+        assert len(votes) == len(jobs)
+        assert all(e["vote"] in ("yes", "no") and 0.0 <= e["p_yes"] <= 1.0 for e in votes.values())
+    assert run_vote(cfg, tasks=["sa", "sr"]).total == 0  # resumable: all cached
+    records = select_records(cfg, ["sa", "sr"], None, None)
+    for fusion in ("mv", "single:tiny-llama"):
+        fused_cfg = load_config(REPO / "configs/cqe/demo.yaml", [f"data.votes={cfg.data.votes}",
+                                                                 f"data.fusion={fusion}", "data.tasks=[sa,sr]"])  # fmt: skip
+        fused, _ = fuse_records(records, fused_cfg.data)
+        assert len(fused) == len(records)
+    single = VoteCache(cfg.data.votes).load("tiny-llama")
+    fused_single, _ = fuse_records(records, load_config(REPO / "configs/cqe/demo.yaml", [
+        f"data.votes={cfg.data.votes}", "data.fusion=single:tiny-llama", "data.tasks=[sa,sr]"]).data)  # fmt: skip
+    used = sum(u for ex in fused_single for u in ex.used)
+    assert used == sum(e["vote"] == "yes" for e in single.values())
+
+
+def test_generate_mode_stores_the_answer(tmp_path):
+    cfg = _cfg(tmp_path, "cqe.mode=generate", "data.voters=[tiny-mistral]")
+    run_vote(cfg, tasks=["ap"], splits=["val"])
+    entries = VoteCache(cfg.data.votes).load("tiny-mistral")
+    assert entries and all(
+        e["mode"] == "generate" and e["answer"] is not None for e in entries.values()
+    )
+
+
+def test_sharded_votes_merge_to_the_single_process_result(tmp_path, monkeypatch):
+    one = _cfg(tmp_path / "one", "data.voters=[tiny-llama]")
+    run_vote(one, tasks=["cc"])
+    two = _cfg(tmp_path / "two", "data.voters=[tiny-llama]")
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        run_vote(two, tasks=["cc"])
+    a, b = (
+        VoteCache(one.data.votes).load("tiny-llama"),
+        VoteCache(two.data.votes).load("tiny-llama"),
+    )
+    assert {k: v["vote"] for k, v in a.items()} == {k: v["vote"] for k, v in b.items()}
+    assert len(list((Path(two.data.votes) / "tiny-llama").glob("*.jsonl"))) == 2
+
+
+def test_config_errors_name_the_setting(tmp_path):
+    with pytest.raises(ConfigError, match=r"voters \['gpt-x'\] have no checkpoint in cqe.models"):
+        run_vote(_cfg(tmp_path, "data.voters=[gpt-x]"))
+    with pytest.raises(ConfigError, match="set data.votes to a folder"):
+        run_vote(_cfg(tmp_path, "data.votes=null"))
+
+
+@pytest.mark.slow
+def test_kill_9_mid_vote_then_rerun_gives_every_vote_exactly_once(tmp_path):
+    cmd = [sys.executable, "-m", "caslie.cli", "vote", "--config", "configs/cqe/demo.yaml",
+           f"data.votes={tmp_path / 'votes'}", f"data.cache_dir={tmp_path / 'c'}", "cqe.batch_size=2",
+           "data.voters=[tiny-llama,tiny-mistral]"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    folder = tmp_path / "votes" / "tiny-llama"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (
+            folder.exists()
+            and sum(f.read_bytes().count(b"\n") for f in folder.glob("*.jsonl")) >= 40
+        ):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    rerun = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    cfg = _cfg(tmp_path)
+    jobs, _ = vote_jobs(cfg, select_records(cfg, None, None, None))
+    for voter in ("tiny-llama", "tiny-mistral"):
+        counts = Counter(
+            (e["row_id"], e["image_index"], e["caption_sha"])
+            for e in read_shards(tmp_path / "votes" / voter)
+        )
+        assert set(counts) == {j.key for j in jobs} and set(counts.values()) == {1}, voter
