@@ -176,12 +176,27 @@ def run_caption(cfg: Config, tasks: list[str] | None = None, splits: list[str] |
         summary.seconds = time.perf_counter() - start
         return summary
     captioner = Captioner(cc, local_device())
+    # One generation per distinct (image, prompt): an SR product in many users' histories has the
+    # same image and title, hence the same caption.
+    groups: dict[tuple[str, str], list[CaptionJob]] = {}
+    for job in jobs:
+        groups.setdefault((job.record.images[job.index], job.instruction), []).append(job)
+    keys = list(groups)
 
-    def fetch(job: CaptionJob) -> Any:
+    def fetch(key: tuple[str, str]) -> Any:
         try:
-            return load_image(job.record.images[job.index], root, limits)
+            return load_image(key[0], root, limits)
         except ImageError as err:
             return err
+
+    def record(key: tuple[str, str], caption: str, status: str, reason: str | None = None) -> None:
+        for job in groups[key]:
+            writer.write(_entry(job, cc.model, caption, status, reason))
+            if status == "ok":
+                summary.done += 1
+            else:
+                summary.fail(reason or "")
+        bar.update(len(groups[key]))
 
     bar = progress(len(jobs), f"captioning with {cc.model}", "img")
     size = cc.batch_size
@@ -191,31 +206,27 @@ def run_caption(cfg: Config, tasks: list[str] | None = None, splits: list[str] |
         ThreadPoolExecutor(1) as ahead,
     ):
 
-        def fetch_batch(batch: list[CaptionJob]) -> list:
+        def fetch_batch(batch: list[tuple[str, str]]) -> list:
             return list(fetchers.map(fetch, batch))
 
-        future = ahead.submit(fetch_batch, jobs[:size])
-        for begin in range(0, len(jobs), size):
-            batch, images = jobs[begin : begin + size], future.result()
-            if begin + size < len(jobs):  # fetch the next images while this batch generates
-                future = ahead.submit(fetch_batch, jobs[begin + size : begin + 2 * size])
+        future = ahead.submit(fetch_batch, keys[:size])
+        for begin in range(0, len(keys), size):
+            batch, images = keys[begin : begin + size], future.result()
+            if begin + size < len(keys):  # fetch the next images while this batch generates
+                future = ahead.submit(fetch_batch, keys[begin + size : begin + 2 * size])
             ok = []
-            for job, im in zip(batch, images, strict=True):
+            for key, im in zip(batch, images, strict=True):
                 if isinstance(im, ImageError):
-                    writer.write(_entry(job, cc.model, "NA", "failed", str(im)))
-                    summary.fail(str(im))
+                    record(key, "NA", "failed", str(im))
                 else:
-                    ok.append((job, im))
+                    ok.append((key, im))
             if ok:
-                texts = captioner.caption([im for _, im in ok], [job.instruction for job, _ in ok])
-                for (job, _), text in zip(ok, texts, strict=True):
+                texts = captioner.caption([im for _, im in ok], [key[1] for key, _ in ok])
+                for (key, _), text in zip(ok, texts, strict=True):
                     if text:
-                        writer.write(_entry(job, cc.model, text, "ok"))
-                        summary.done += 1
+                        record(key, text, "ok")
                     else:
-                        writer.write(_entry(job, cc.model, "NA", "failed", "empty caption"))
-                        summary.fail("empty caption")
-            bar.update(len(batch))
+                        record(key, "NA", "failed", "empty caption")
     bar.close()
     summary.seconds = time.perf_counter() - start
     return summary

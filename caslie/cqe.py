@@ -192,8 +192,7 @@ def vote_jobs(cfg: Config, records: list[Record]) -> tuple[list[VoteJob], int]:
     return jobs, uncaptioned
 
 
-def _vote_batch(voter: Voter, batch: list[VoteJob], mode: str) -> list[dict[str, Any]]:
-    prompts = [j.prompt for j in batch]
+def _vote_batch(voter: Voter, prompts: list[str], mode: str) -> list[dict[str, Any]]:
     if mode == "score":
         return [
             {"vote": "yes" if p >= 0.5 else "no", "p_yes": round(p, 6), "answer": None}
@@ -202,6 +201,15 @@ def _vote_batch(voter: Voter, batch: list[VoteJob], mode: str) -> list[dict[str,
     # The reference reads the start of the answer; anything else counts as "no".
     return [{"vote": "yes" if read_answer(t) == "yes" else "no", "p_yes": None, "answer": t}
             for t in voter.generate(prompts)]  # fmt: skip
+
+
+def group_by_prompt(jobs: list[VoteJob]) -> dict[str, list[VoteJob]]:
+    """Jobs by prompt text, longest prompt first: a prompt is judged once however many rows share it
+    (an SR product in many users' histories), and batches hold prompts of similar length."""
+    groups: dict[str, list[VoteJob]] = {}
+    for job in jobs:
+        groups.setdefault(job.prompt, []).append(job)
+    return {p: groups[p] for p in sorted(groups, key=len, reverse=True)}
 
 
 def agreement(voter: Voter, jobs: list[VoteJob], batch_size: int) -> dict[str, Any]:
@@ -259,14 +267,18 @@ def run_vote(cfg: Config, tasks: list[str] | None = None, splits: list[str] | No
         voter = Voter(name, cfg.cqe.models[name], cfg.cqe, device)
         template = {t: text_hash(TASKS[t].cqe_template) for t in TASKS}
         bar = progress(len(mine), f"{name} ({cfg.cqe.mode})", "caption")
+        groups = group_by_prompt(mine)
         with cache.writer(name, rank) as writer:
-            for batch in batches(mine, cfg.cqe.batch_size):
-                for job, vote in zip(batch, _vote_batch(voter, batch, cfg.cqe.mode), strict=True):
-                    row_id, index, sha = job.key
-                    writer.write({"row_id": row_id, "image_index": index, "voter": name, "caption_sha": sha,
-                                  "template": template[job.record.task], "mode": cfg.cqe.mode, **vote})  # fmt: skip
-                    summary.done += 1
-                bar.update(len(batch))
+            for batch in batches(list(groups), cfg.cqe.batch_size):
+                for prompt, vote in zip(
+                    batch, _vote_batch(voter, batch, cfg.cqe.mode), strict=True
+                ):
+                    for job in groups[prompt]:
+                        row_id, index, sha = job.key
+                        writer.write({"row_id": row_id, "image_index": index, "voter": name, "caption_sha": sha,
+                                      "template": template[job.record.task], "mode": cfg.cqe.mode, **vote})  # fmt: skip
+                        summary.done += 1
+                    bar.update(len(groups[prompt]))
         bar.close()
         if compare:
             summary.extra[f"score vs generate, {name}"] = agreement(
