@@ -14,6 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from rerun import report_rerun
+
 from caslie.captioning import Captioner, instruction_for, run_caption
 from caslie.config import load_config
 from caslie.data.records import default_image_root
@@ -52,14 +54,7 @@ def main() -> None:
         print(f"batched:             {t_batch:7.2f} s   {t_single / t_batch:5.1f}x  (target >= 3x)")
         print(f"batched captions equal to one-at-a-time captions: {same}/{len(slots)}")
 
-        start = time.perf_counter()
-        first = run_caption(cfg)
-        t_first = time.perf_counter() - start
-        start = time.perf_counter()
-        again = run_caption(cfg)
-        t_again = time.perf_counter() - start
-        print(f"caslie caption: first run {t_first:.2f} s ({first.done} captions), rerun {t_again:.3f} s "
-              f"({again.skipped} cached) = {100 * t_again / t_first:.1f}% (target < 5%)")  # fmt: skip
+        report_rerun("caslie caption", lambda: run_caption(cfg))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from rerun import report_rerun
+
 from caslie.config import load_config
 from caslie.cqe import Voter, group_by_prompt, read_answer, run_vote, vote_jobs
 from caslie.jobs import batches, select_records
@@ -76,14 +78,7 @@ def main() -> None:
         print(f"agreement where the generated answer starts with yes/no: {agree}/{len(readable)} "
               f"({100 * agree / max(1, len(readable)):.1f}%; {len(readable)}/{len(prompts)} readable)")  # fmt: skip
 
-        start = time.perf_counter()
-        first = run_vote(cfg)
-        t_first = time.perf_counter() - start
-        start = time.perf_counter()
-        again = run_vote(cfg)
-        t_again = time.perf_counter() - start
-        print(f"caslie vote, {len(cfg.data.voters)} voters: first run {t_first:.2f} s ({first.done} votes), rerun "
-              f"{t_again:.3f} s ({again.skipped} cached) = {100 * t_again / t_first:.1f}% (target < 5%)")  # fmt: skip
+        report_rerun(f"caslie vote, {len(cfg.data.voters)} voters", lambda: run_vote(cfg))
 
 
 if __name__ == "__main__":
