@@ -70,6 +70,27 @@ def score_rows(rows: Iterable[dict[str, Any]], parser: str = "paper") -> dict[st
     return dict(out)
 
 
+def finish_eval(module: Any, rows: list[dict[str, Any]], parser: str) -> dict[str, Any]:
+    """End of an evaluation epoch: gather rows over ranks, score them, log the metrics.
+
+    Every rank gets the same metrics (so checkpoint monitors agree), and ``module.eval_results``
+    holds ``{"metrics", "rows"}`` for the run's report.
+    """
+    rows = gather_rows(rows)
+    metrics = score_rows(rows, parser)
+    module.eval_results = {"metrics": metrics, "rows": rows}
+    for split, per_task in metrics.items():
+        for task, values in per_task.items():
+            if task == "primary_mean":
+                if values is not None:
+                    module.log(f"{split}/primary_mean", float(values), add_dataloader_idx=False)
+                continue
+            for name, value in values.items():
+                if isinstance(value, (int, float)) and name != "primary":
+                    module.log(f"{split}/{task}/{name}", float(value), add_dataloader_idx=False)
+    return metrics
+
+
 def write_predictions(rows: list[dict[str, Any]], folder: Path) -> list[Path]:
     """Write ``<folder>/<split>.jsonl``, one object per row, and return the paths."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -54,6 +54,7 @@ TINY = {
     "mistral": TinySpec("mistral"),
     "llama": TinySpec("llama"),
     "llava": TinySpec("llava"),
+    "clip": TinySpec("clip"),
     "voter-llama": TinySpec("llama", decisive=True),
     "voter-mistral": TinySpec("mistral", decisive=True),
 }
@@ -239,6 +240,40 @@ def build_llava(tokenizer, seed: int = 0):
     return model, processor
 
 
+def build_clip(seed: int = 0):
+    """A tiny CLIP (56 px images, 77-token texts) with a processor around the tiny BPE tokenizer.
+
+    CLIP pools a text at its EOS token, so this tokenizer ends every text with EOS.
+    """
+    import torch
+    from tokenizers import processors
+    from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPTextConfig, CLIPVisionConfig
+
+    try:
+        from transformers import CLIPImageProcessorPil as ImageProcessor
+    except ImportError:  # older transformers: the PIL processor is the default one
+        from transformers import CLIPImageProcessor as ImageProcessor
+
+    tok = build_tokenizer("llama")
+    bos, eos = tok.bos_token, tok.eos_token
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A {eos}", special_tokens=[(bos, tok.bos_token_id), (eos, tok.eos_token_id)]
+    )
+    text = CLIPTextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=2, max_position_embeddings=77, bos_token_id=tok.bos_token_id,
+                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)  # fmt: skip
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=56, patch_size=14)  # fmt: skip
+    config = CLIPConfig(
+        text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=24
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLIPModel(config).eval()
+    images = ImageProcessor(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56})
+    return model, CLIPProcessor(image_processor=images, tokenizer=tok)
+
+
 def ensure_tiny(name: str) -> Path:
     """Build ``tiny:<name>`` once (atomically) and return its folder."""
     if name not in TINY:
@@ -249,8 +284,10 @@ def ensure_tiny(name: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
     try:
-        if name == "llava":
-            model, processor = build_llava(build_tokenizer("llama"))
+        if name in ("llava", "clip"):
+            model, processor = (
+                build_llava(build_tokenizer("llama")) if name == "llava" else build_clip()
+            )
             processor.save_pretrained(tmp)
             model.save_pretrained(tmp, safe_serialization=True)
         else:

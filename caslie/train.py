@@ -102,8 +102,52 @@ def build_trainer(cfg: Config, run_dir: Path, loggers: list, callbacks: list):
     )  # fmt: skip
 
 
+def _build_lora(cfg: Config, run_dir: Path) -> tuple:
+    """Data module, LoRA module, data manifest and whether val is scored by generation."""
+    import lightning as L
+
+    from caslie.models.lora import LoRAInstructModule
+    from caslie.offline import tokenizer_for
+    from datamodules.mmec import MMECDataModule
+
+    tokenizer = tokenizer_for(cfg.model)
+    generate_on_val = cfg.eval.generate_on_val and "val" in cfg.data.eval_splits
+    dm = MMECDataModule(
+        cfg.data, tokenizer, cfg.optim.micro_batch_size, cfg.optim.eval_batch_size, cfg.run.seed,
+        generate_on_val=generate_on_val,
+    )  # fmt: skip
+    dm.setup()
+    dm.check_eval_splits()
+    # Seed after the data build, so a cache hit and a cold build give the same adapter init.
+    L.seed_everything(cfg.run.seed, workers=True, verbose=False)
+    module = LoRAInstructModule(cfg, tokenizer, task_labels(dm.splits), run_dir)
+    return dm, module, dm.built.manifest, generate_on_val
+
+
+def _build_fashionclip(cfg: Config, run_dir: Path) -> tuple:
+    """Data module, FashionCLIP module, data manifest; val is always scored by prediction."""
+    import lightning as L
+    from transformers import AutoConfig, AutoProcessor
+
+    from caslie.models.fashionclip import FashionCLIPModule
+    from caslie.offline import resolve_pretrained
+    from datamodules.clip import CLIPDataModule
+
+    path = resolve_pretrained(cfg.model.name_or_path, "CLIP model")
+    processor = AutoProcessor.from_pretrained(path, revision=cfg.model.revision)
+    max_tokens = AutoConfig.from_pretrained(
+        path, revision=cfg.model.revision
+    ).text_config.max_position_embeddings
+    L.seed_everything(cfg.run.seed, workers=True, verbose=False)
+    dm = CLIPDataModule(cfg.data, processor.tokenizer, processor.image_processor, cfg.optim.micro_batch_size,
+                        cfg.optim.eval_batch_size, cfg.run.seed, max_tokens)  # fmt: skip
+    module = FashionCLIPModule(cfg, dm.label_index)
+    return dm, module, dm.manifest, True
+
+
 def run(cfg: Config, callbacks: list | None = None) -> RunResult:
-    """Fit a LoRA model on the configured data, then test the best checkpoint on every eval split.
+    """Fit the configured model (``model.kind``: ``lora`` or ``fashionclip``) on the configured data,
+    then test the best checkpoint on every eval split.
 
     Writes ``<run.output_dir>/<run.name>/``: ``config.yaml``, ``data_manifest.json``,
     ``checkpoints/{best,last}.ckpt`` (adapter weights plus training state), ``predictions/<split>.jsonl``,
@@ -113,7 +157,6 @@ def run(cfg: Config, callbacks: list | None = None) -> RunResult:
         cfg: The run config.
         callbacks: Extra Lightning callbacks.
     """
-    import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
     from lightning.pytorch.utilities import rank_zero_only
@@ -122,28 +165,13 @@ def run(cfg: Config, callbacks: list | None = None) -> RunResult:
     from callbacks.throughput import TokenThroughput
     from caslie.checkpoints import resolve_ckpt
     from caslie.data.records import default_image_root
-    from caslie.models.lora import LoRAInstructModule
-    from caslie.offline import tokenizer_for
-    from datamodules.mmec import MMECDataModule
 
-    if cfg.model.kind != "lora":
-        raise NotImplementedError(f"model.kind '{cfg.model.kind}' is not available in this version")
     run_dir = Path(cfg.run.output_dir) / cfg.run.name
     save_config(cfg, run_dir)
-    tokenizer = tokenizer_for(cfg.model)
-    generate_on_val = cfg.eval.generate_on_val and "val" in cfg.data.eval_splits
-    dm = MMECDataModule(
-        cfg.data, tokenizer, cfg.optim.micro_batch_size, cfg.optim.eval_batch_size, cfg.run.seed,
-        generate_on_val=generate_on_val,
-    )  # fmt: skip
-    dm.setup()
-    dm.check_eval_splits()
-    manifest = dm.built.manifest
+    builder = _build_fashionclip if cfg.model.kind == "fashionclip" else _build_lora
+    dm, module, manifest, generate_on_val = builder(cfg, run_dir)
     if rank_zero_only.rank == 0:
         (run_dir / "data_manifest.json").write_text(json.dumps(manifest, indent=2))
-    # Seed after the data build, so a cache hit and a cold build give the same adapter init.
-    L.seed_everything(cfg.run.seed, workers=True, verbose=False)
-    module = LoRAInstructModule(cfg, tokenizer, task_labels(dm.splits), run_dir)
 
     ckpt = resolve_ckpt(cfg.trainer.ckpt_path, run_dir)
     # The module stores the sampler position in its checkpoints and the data module resumes from

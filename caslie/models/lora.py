@@ -15,7 +15,7 @@ import torch
 
 from caslie.config import Config, ConfigError, ModelConfig
 from caslie.errors import NonFiniteLossError
-from caslie.evaluation import gather_rows, score_rows
+from caslie.evaluation import finish_eval
 from caslie.generation import LabelTrie, answer_budget, generate_answers, label_ids
 
 log = logging.getLogger(__name__)
@@ -351,16 +351,5 @@ class LoRAInstructModule(L.LightningModule):
         self._finish_eval()
 
     def _finish_eval(self) -> None:
-        rows = gather_rows(self._rows)
+        finish_eval(self, self._rows, self.cfg.eval.parser)
         self._rows = []
-        metrics = score_rows(rows, self.cfg.eval.parser)
-        self.eval_results = {"metrics": metrics, "rows": rows}
-        for split, per_task in metrics.items():
-            for task, values in per_task.items():
-                if task == "primary_mean":
-                    if values is not None:
-                        self.log(f"{split}/primary_mean", float(values), add_dataloader_idx=False)
-                    continue
-                for name, value in values.items():
-                    if isinstance(value, (int, float)) and name != "primary":
-                        self.log(f"{split}/{task}/{name}", float(value), add_dataloader_idx=False)
