@@ -102,6 +102,28 @@ def build_trainer(cfg: Config, run_dir: Path, loggers: list, callbacks: list):
     )  # fmt: skip
 
 
+def tiny_model_defaults(cfg: Config) -> list[str]:
+    """A ``tiny:`` model is a local, offline run: point its hub-only settings at local ones.
+
+    The default hub dataset becomes the shipped sample and W&B ``online`` becomes ``offline``. The
+    changes are returned (and logged by :func:`run`), and the saved config shows them.
+    """
+    from caslie.config import DataConfig
+
+    notes = []
+    if not cfg.model.name_or_path.startswith("tiny:"):
+        return notes
+    if cfg.data.source == DataConfig.source:
+        cfg.data.source = "sample"
+        notes.append(
+            f"data.source={DataConfig.source} -> sample (a tiny model runs on the shipped sample)"
+        )
+    if cfg.logger.wandb.mode == "online":
+        cfg.logger.wandb.mode = "offline"
+        notes.append("logger.wandb.mode=online -> offline (a tiny model runs offline)")
+    return notes
+
+
 def _build_lora(cfg: Config, run_dir: Path) -> tuple:
     """Data module, LoRA module, data manifest and whether val is scored by generation."""
     import lightning as L
@@ -166,6 +188,8 @@ def run(cfg: Config, callbacks: list | None = None) -> RunResult:
     from caslie.checkpoints import resolve_ckpt
     from caslie.data.records import default_image_root
 
+    for note in tiny_model_defaults(cfg):
+        log.warning(note)
     run_dir = Path(cfg.run.output_dir) / cfg.run.name
     save_config(cfg, run_dir)
     builder = _build_fashionclip if cfg.model.kind == "fashionclip" else _build_lora

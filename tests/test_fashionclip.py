@@ -151,5 +151,44 @@ def test_train_py_fashionclip_all_tasks_and_one_task(tmp_path):
     saved = json.loads((result.run_dir / "metrics.json").read_text())
     assert saved["metrics"] == result.metrics
     assert (result.run_dir / "predictions" / "test_ood.jsonl").is_file()
+    from caslie.config import DataConfig
+    from caslie.data.records import load_records
+
+    tokenizer = AutoProcessor.from_pretrained(ensure_tiny("clip")).tokenizer
+    records, _ = load_records(DataConfig(source="sample"), splits=["val", "test_ind", "test_ood"])
+    texts = [
+        t
+        for r in records
+        for key in ("texts", "options", "option_texts")
+        for t in clip_example(r).get(key, [])
+    ]
+    too_long = sum(len(ids) > 77 for ids in tokenizer(texts)["input_ids"])
+    assert saved["counts"] == {"truncated_texts": too_long, "missing_images": 0}
     single = run(_cfg(tmp_path, "run.name=fc_sa", "data.tasks=[sa]", "trainer.max_epochs=1"))
     assert set(single.metrics["test_ind"]) == {"sa", "primary_mean"}
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_the_shipped_config_with_tiny_clip_runs_offline_on_the_sample(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "train.py", "--config", "configs/fashionclip.yaml", "model.name_or_path=tiny:clip",
+         f"run.output_dir={tmp_path}", "trainer.max_epochs=1", "trainer.enable_progress_bar=false"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "data.source=NingLab/MMECInstruct -> sample" in out.stderr
+    metrics = json.loads((tmp_path / "fashionclip" / "metrics.json").read_text())["metrics"]
+    assert {t for t in metrics["test_ind"] if t != "primary_mean"} == {
+        "ap",
+        "cc",
+        "prp",
+        "psi",
+        "mpc",
+        "sa",
+        "sr",
+    }
+    assert list((tmp_path / "fashionclip" / "wandb").glob("offline-run-*"))

@@ -37,3 +37,16 @@ def test_hub_model_fails_fast_offline_naming_the_id(tmp_path):
     assert time.monotonic() - start < 60
     assert out.returncode == 2
     assert "mistralai/Mistral-7B-Instruct-v0.3" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_tiny_models_run_on_the_sample_and_log_offline():
+    from caslie.train import tiny_model_defaults
+
+    cfg = load_config(REPO / "configs/fashionclip.yaml", ["model.name_or_path=tiny:clip"])
+    notes = tiny_model_defaults(cfg)
+    assert cfg.data.source == "sample" and cfg.logger.wandb.mode == "offline" and len(notes) == 2
+    real = load_config(REPO / "configs/fashionclip.yaml")
+    assert tiny_model_defaults(real) == [] and real.data.source == "NingLab/MMECInstruct"
+    local = load_config(REPO / "configs/demo.yaml", ["data.source=/data/rows.jsonl"])
+    tiny_model_defaults(local)
+    assert local.data.source == "/data/rows.jsonl"  # only the default hub dataset is replaced
