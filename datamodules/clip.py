@@ -171,6 +171,7 @@ class CLIPDataModule(L.LightningDataModule):
                 for label in sorted(r.labels()):
                     self.label_index[r.task].setdefault(label, len(self.label_index[r.task]))
         self.root = Path(cfg.image_root) if cfg.image_root else default_image_root(cfg.source)
+        self._resume: tuple[int, int] | None = None
 
     @property
     def manifest(self) -> dict[str, Any]:
@@ -199,9 +200,17 @@ class CLIPDataModule(L.LightningDataModule):
         return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=self.cfg.num_workers,
                           persistent_workers=self.cfg.num_workers > 0)  # fmt: skip
 
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        """Start training at batch ``batches_done`` of epoch ``epoch`` (set from a checkpoint)."""
+        self._resume = (epoch, batches_done)
+
     def train_dataloader(self) -> DataLoader:
-        """Shuffled training rows."""
-        return self._loader(self.cfg.train_split, self.micro_batch_size, True)
+        """Shuffled training rows (after :meth:`resume_at`, the batches already done are skipped)."""
+        loader = self._loader(self.cfg.train_split, self.micro_batch_size, True)
+        if self._resume is not None:
+            loader.batch_sampler.start_at(*self._resume)
+            self._resume = None
+        return loader
 
     def val_dataloader(self) -> list[DataLoader]:
         """Val rows (loss and predictions), when val is an evaluation split."""

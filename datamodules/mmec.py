@@ -110,12 +110,7 @@ class MMECDataModule(L.LightningDataModule):
         """
         loader = self._loader(self.cfg.train_split, self.micro_batch_size, True, collate_train)
         if self._resume is not None:
-            epoch, done = self._resume
-            if done >= len(loader.batch_sampler):  # saved at the end of an epoch
-                epoch, done = epoch + 1, 0
-            # Set the epoch now: Lightning may create the first iterator before it calls set_epoch.
-            loader.batch_sampler.set_epoch(epoch)
-            loader.batch_sampler.resume(epoch, done)
+            loader.batch_sampler.start_at(*self._resume)
             self._resume = None
         return loader
 

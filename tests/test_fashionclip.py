@@ -192,3 +192,29 @@ def test_the_shipped_config_with_tiny_clip_runs_offline_on_the_sample(tmp_path):
         "sr",
     }
     assert list((tmp_path / "fashionclip" / "wandb").glob("offline-run-*"))
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_fashionclip_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path):
+    import lightning as L
+
+    class CrashAt(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 5:
+                raise RuntimeError("preempted")
+
+    common = ["data.tasks=[sa,cc]", "optim.effective_batch_size=8", "optim.micro_batch_size=8",
+              "trainer.max_epochs=2", "trainer.checkpoint_every_n_steps=3", "optim.lr=1e-3"]  # fmt: skip
+    straight = run(_cfg(tmp_path, "run.name=straight", *common))
+    with pytest.raises(RuntimeError, match="preempted"):
+        run(_cfg(tmp_path, "run.name=crashed", *common), callbacks=[CrashAt()])
+    resumed = run(_cfg(tmp_path, "run.name=crashed", "trainer.ckpt_path=last", *common))
+    a, b = (
+        torch.load(r.run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+        for r in (straight, resumed)
+    )
+    assert a["global_step"] == b["global_step"] == 12
+    for key in a["state_dict"]:
+        assert torch.allclose(a["state_dict"][key], b["state_dict"][key], atol=1e-6), key
+    assert resumed.metrics == straight.metrics

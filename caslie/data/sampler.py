@@ -55,6 +55,15 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         """Skip the first ``batches_done`` batches the next time epoch ``epoch`` is iterated."""
         self._resume = (epoch, batches_done)
 
+    def start_at(self, epoch: int, batches_done: int) -> None:
+        """Continue a run saved after ``batches_done`` batches of ``epoch`` (the next epoch if it
+        was done). Sets the epoch at once: Lightning may create the first iterator before it calls
+        ``set_epoch``."""
+        if batches_done >= len(self):
+            epoch, batches_done = epoch + 1, 0
+        self.set_epoch(epoch)
+        self.resume(epoch, batches_done)
+
     @property
     def sampler(self) -> LengthGroupedBatchSampler:
         """Itself: Lightning calls ``set_epoch`` on ``loader.batch_sampler.sampler`` each epoch."""

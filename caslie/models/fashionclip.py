@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from caslie.config import Config
 from caslie.evaluation import finish_eval
+from caslie.resume import ExactResume
 from caslie.tasks import CHOICE, TASKS
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ def _mean(vectors: list[torch.Tensor]) -> torch.Tensor:
     return F.normalize(torch.stack(vectors).mean(0), dim=-1)
 
 
-class FashionCLIPModule(L.LightningModule):
+class FashionCLIPModule(ExactResume, L.LightningModule):
     """CLIP towers, one head per classification task, and option scoring for cc and sr.
 
     Args:
@@ -59,6 +60,15 @@ class FashionCLIPModule(L.LightningModule):
         self.eval_results: dict[str, Any] = {}
         self._rows: list[dict] = []
         self._counts = {"truncated_texts": 0, "missing_images": 0}
+        self.wandb_run_id: str | None = None
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["caslie"] = self.resume_state() | {"wandb_run_id": self.wandb_run_id}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        meta = checkpoint.get("caslie", {})
+        self.wandb_run_id = meta.get("wandb_run_id")
+        self.restore_resume_state(meta)
 
     def embed(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised text and image embeddings of the batch (missing images: zeros)."""

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 
 from caslie.config import Config, ConfigError, ModelConfig
 from caslie.errors import NonFiniteLossError
 from caslie.evaluation import finish_eval
 from caslie.generation import LabelTrie, answer_budget, generate_answers, label_ids
+from caslie.resume import ExactResume
 
 log = logging.getLogger(__name__)
 
@@ -145,13 +144,7 @@ def warmup_cosine(step: int, warmup: int, total: int, cosine: bool = True) -> fl
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _numpy_state() -> tuple:
-    """numpy's RNG state in types ``torch.load(weights_only=True)`` accepts."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)
-
-
-class LoRAInstructModule(L.LightningModule):
+class LoRAInstructModule(ExactResume, L.LightningModule):
     """Instruction tuning with LoRA on answer tokens; evaluation by batched greedy generation.
 
     The model is built in ``configure_model`` (so strategies can shard it). Checkpoints hold only the
@@ -180,7 +173,6 @@ class LoRAInstructModule(L.LightningModule):
         self.strict_loading = False  # checkpoints hold the adapter only
         self.eval_results: dict[str, Any] = {}
         self.wandb_run_id: str | None = None
-        self._pending_rng: dict | None = None
         self._rows: list[dict] = []
         self._tries = {
             task: LabelTrie(label_ids(tokenizer, labs), tokenizer.eos_token_id)
@@ -211,20 +203,10 @@ class LoRAInstructModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         keep = self.trainable_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
-        fit_loop = self.trainer.fit_loop
-        checkpoint["caslie"] = {
+        checkpoint["caslie"] = self.resume_state() | {
             "base_model": self.cfg.model.name_or_path,
-            # Where the training data stands: the data module skips these batches on resume.
-            "epoch": self.trainer.current_epoch,
-            "batches_done": fit_loop.epoch_loop.batch_progress.current.processed,
             "vocab": len(self.tokenizer),
             "wandb_run_id": self.wandb_run_id,
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "python": random.getstate(),
-                "numpy": _numpy_state(),
-            },
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -236,23 +218,7 @@ class LoRAInstructModule(L.LightningModule):
             )
         meta = checkpoint.get("caslie", {})
         self.wandb_run_id = meta.get("wandb_run_id")
-        datamodule = (
-            getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        )
-        if "batches_done" in meta and hasattr(datamodule, "resume_at"):
-            datamodule.resume_at(meta["epoch"], meta["batches_done"])
-        # Applied at the next training batch: loaders created while resuming draw from the RNG.
-        self._pending_rng = meta.get("rng")
-
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        rng, self._pending_rng = self._pending_rng, None
-        if rng:
-            torch.set_rng_state(rng["torch"])
-            if rng["cuda"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(rng["cuda"])
-            random.setstate(rng["python"])
-            kind, keys, pos, has_gauss, gauss = rng["numpy"]
-            np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+        self.restore_resume_state(meta)
 
     # ------------------------------------------------------------------------------------- training
 
