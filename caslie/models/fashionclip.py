@@ -52,6 +52,7 @@ class FashionCLIPModule(ExactResume, L.LightningModule):
         self.cfg, self.label_index = cfg, label_index
         self.clip = CLIPModel.from_pretrained(resolve_pretrained(cfg.model.name_or_path), dtype=torch.float32,
                                               revision=cfg.model.revision)  # fmt: skip
+        self.clip.train()  # from_pretrained returns eval mode; the fit loop expects train mode
         dim = self.clip.config.projection_dim
         self.heads = torch.nn.ModuleDict({
             task: torch.nn.Linear(dim * TASKS[task].image_count({}, None) * 2, len(labels))
