@@ -12,7 +12,7 @@ from typing import Any
 from caslie.data.records import Record
 
 
-def _item_text(entry: str) -> str:
+def item_text(entry: str) -> str:
     """``"1st: Title. Category. Brand."`` or ``"A: Title"`` -> the item text."""
     head, sep, rest = entry.partition(": ")
     return rest.strip() if sep and len(head) <= 5 else entry.strip()
@@ -28,7 +28,7 @@ def slot_contexts(record: Record) -> list[dict[str, str]]:
     options = ", ".join(record.options or [])
     task = record.task
     if task == "sr":
-        items = [_item_text(x) for x in inp] + [_item_text(x) for x in record.options or []]
+        items = [item_text(x) for x in inp] + [item_text(x) for x in record.options or []]
         return [{"title": t} for t in items]
     if task == "prp":
         p1, p2 = str(inp.get("product 1", "")), str(inp.get("product 2", ""))

@@ -27,12 +27,8 @@ from caslie.config import DataConfig
 from caslie.data.records import Record, default_image_root, load_records
 from caslie.data.sampler import LengthGroupedBatchSampler
 from caslie.images import ImageError, ImageLimits, load_image
+from caslie.slots import item_text
 from caslie.tasks import CHOICE, TASKS, option_label
-
-
-def _item(text: str) -> str:
-    head, sep, rest = text.partition(": ")
-    return rest.strip() if sep and len(head) <= 5 else text.strip()
 
 
 def clip_example(record: Record) -> dict[str, Any]:
@@ -41,11 +37,11 @@ def clip_example(record: Record) -> dict[str, Any]:
     images = list(record.images)
     if task == "cc":
         return {"texts": [inp.get("title", "")], "images": images,
-                "options": [_item(o) for o in record.options or []]}  # fmt: skip
+                "options": [item_text(o) for o in record.options or []]}  # fmt: skip
     if task == "sr":
         n_hist = len(inp)
-        return {"texts": [_item(x) for x in inp], "images": images[:n_hist],
-                "option_texts": [_item(o) for o in record.options or []], "option_images": images[n_hist:]}  # fmt: skip
+        return {"texts": [item_text(x) for x in inp], "images": images[:n_hist],
+                "option_texts": [item_text(o) for o in record.options or []], "option_images": images[n_hist:]}  # fmt: skip
     texts = {
         "ap": lambda: [f"{inp.get('question', '')} {inp.get('document', '')}"],
         "psi": lambda: [f"{inp.get('query', '')} | {inp.get('product title', '')}"],
