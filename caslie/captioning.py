@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,6 +151,24 @@ def plan(records: list[Record], cfg: CaptionConfig, cached: dict, retry_failed: 
     return jobs, skipped
 
 
+def prefetched_batches(
+    keys: list, size: int, fetch: Callable[[Any], Any]
+) -> Iterator[tuple[list, list]]:
+    """Batches of ``keys`` with ``fetch`` applied to each (8 at a time); the next batch is fetched
+    while the caller works on the current one."""
+    with ThreadPoolExecutor(8) as fetchers, ThreadPoolExecutor(1) as ahead:
+
+        def fetch_batch(batch: list) -> list:
+            return list(fetchers.map(fetch, batch))
+
+        future = ahead.submit(fetch_batch, keys[:size])
+        for begin in range(0, len(keys), size):
+            batch, results = keys[begin : begin + size], future.result()
+            if begin + size < len(keys):
+                future = ahead.submit(fetch_batch, keys[begin + size : begin + 2 * size])
+            yield batch, results
+
+
 def run_caption(cfg: Config, tasks: list[str] | None = None, splits: list[str] | None = None,
                 limit: int | None = None, retry_failed: bool = False) -> JobSummary:  # fmt: skip
     """Caption every selected image slot not yet in ``data.captions`` (this rank's share).
@@ -181,7 +200,6 @@ def run_caption(cfg: Config, tasks: list[str] | None = None, splits: list[str] |
     groups: dict[tuple[str, str], list[CaptionJob]] = {}
     for job in jobs:
         groups.setdefault((job.record.images[job.index], job.instruction), []).append(job)
-    keys = list(groups)
 
     def fetch(key: tuple[str, str]) -> Any:
         try:
@@ -199,21 +217,8 @@ def run_caption(cfg: Config, tasks: list[str] | None = None, splits: list[str] |
         bar.update(len(groups[key]))
 
     bar = progress(len(jobs), f"captioning with {cc.model}", "img")
-    size = cc.batch_size
-    with (
-        cache.writer(rank) as writer,
-        ThreadPoolExecutor(8) as fetchers,
-        ThreadPoolExecutor(1) as ahead,
-    ):
-
-        def fetch_batch(batch: list[tuple[str, str]]) -> list:
-            return list(fetchers.map(fetch, batch))
-
-        future = ahead.submit(fetch_batch, keys[:size])
-        for begin in range(0, len(keys), size):
-            batch, images = keys[begin : begin + size], future.result()
-            if begin + size < len(keys):  # fetch the next images while this batch generates
-                future = ahead.submit(fetch_batch, keys[begin + size : begin + 2 * size])
+    with cache.writer(rank) as writer:
+        for batch, images in prefetched_batches(list(groups), cc.batch_size, fetch):
             ok = []
             for key, im in zip(batch, images, strict=True):
                 if isinstance(im, ImageError):
@@ -223,10 +228,12 @@ def run_caption(cfg: Config, tasks: list[str] | None = None, splits: list[str] |
             if ok:
                 texts = captioner.caption([im for _, im in ok], [key[1] for key, _ in ok])
                 for (key, _), text in zip(ok, texts, strict=True):
-                    if text:
-                        record(key, text, "ok")
-                    else:
-                        record(key, "NA", "failed", "empty caption")
+                    record(
+                        key,
+                        text or "NA",
+                        "ok" if text else "failed",
+                        None if text else "empty caption",
+                    )
     bar.close()
     summary.seconds = time.perf_counter() - start
     return summary
