@@ -187,7 +187,8 @@ class ModelConfig:
     revision: str | None = None
     """Hub revision (branch, tag or commit) to pin."""
     dtype: str = "auto"
-    """Weights dtype: ``auto`` (bf16 where supported, else fp32), ``bfloat16``, ``float16``, ``float32``."""
+    """Weights dtype: ``auto`` (bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU),
+    ``bfloat16``, ``float16``, ``float32``."""
     attn_implementation: str | None = None
     """``eager``, ``sdpa``, ``flash_attention_2`` or ``null`` for the library default."""
     trust_remote_code: bool = False
@@ -273,7 +274,7 @@ class TrainerConfig:
     strategy: str = "auto"
     """``auto``, ``ddp``, ``fsdp``, ``deepspeed_stage_2``..."""
     precision: str = "auto"
-    """``auto`` (bf16-mixed on GPUs with bf16, else 32-true) or a Lightning precision string."""
+    """``auto`` (follows the weights dtype: bf16-mixed, 16-mixed or 32-true) or a Lightning precision."""
     max_epochs: int = 3
     """Epochs (paper: 3)."""
     max_steps: int = -1
