@@ -257,6 +257,7 @@ def run_vote(cfg: Config, tasks: list[str] | None = None, splits: list[str] | No
     # Deal captions to ranks before consulting the cache: a rank owns the same ones whatever the
     # others have written meanwhile.
     my_jobs = my_share(all_jobs, rank, world)
+    template = {t: text_hash(TASKS[t].cqe_template) for t in TASKS}
     for name in cfg.data.voters:
         cached = cache.load(name)
         mine = [j for j in my_jobs if j.key not in cached]
@@ -265,7 +266,6 @@ def run_vote(cfg: Config, tasks: list[str] | None = None, splits: list[str] | No
         if not mine and not compare:
             continue
         voter = Voter(name, cfg.cqe.models[name], cfg.cqe, device)
-        template = {t: text_hash(TASKS[t].cqe_template) for t in TASKS}
         bar = progress(len(mine), f"{name} ({cfg.cqe.mode})", "caption")
         groups = group_by_prompt(mine)
         with cache.writer(name, rank) as writer:

@@ -11,9 +11,9 @@ from caslie.models.lora import (
     load_base_model,
     precision_for,
     resolve_dtype,
-    warmup_cosine,
 )
 from caslie.offline import ensure_tiny, load_tokenizer
+from caslie.optim import warmup_cosine
 
 TINY = ModelConfig(name_or_path="tiny:mistral")
 

@@ -166,16 +166,8 @@ class FashionCLIPModule(ExactResume, L.LightningModule):
         self._rows = []
 
     def configure_optimizers(self) -> dict[str, Any]:
-        from functools import partial
-        from math import ceil
+        from caslie.optim import adamw_with_schedule
 
-        from caslie.models.lora import warmup_cosine
-
-        optim = self.cfg.optim
-        opt = torch.optim.AdamW(self.parameters(), lr=optim.lr, betas=tuple(optim.betas),
-                                weight_decay=optim.weight_decay)  # fmt: skip
-        total = int(self.trainer.estimated_stepping_batches)
-        schedule = partial(warmup_cosine, warmup=ceil(total * optim.warmup_ratio), total=total,
-                           cosine=optim.scheduler == "cosine")  # fmt: skip
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return adamw_with_schedule(
+            self.parameters(), self.cfg.optim, int(self.trainer.estimated_stepping_batches)
+        )

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +13,7 @@ from caslie.config import Config, ConfigError, ModelConfig
 from caslie.errors import NonFiniteLossError
 from caslie.evaluation import finish_eval
 from caslie.generation import LabelTrie, answer_budget, generate_answers, label_ids
+from caslie.optim import adamw_with_schedule
 from caslie.resume import ExactResume
 
 log = logging.getLogger(__name__)
@@ -132,16 +131,6 @@ def build_lora_model(
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lora)
-
-
-def warmup_cosine(step: int, warmup: int, total: int, cosine: bool = True) -> float:
-    """LR multiplier: linear warm-up over ``warmup`` steps, then cosine decay to 0 (or constant)."""
-    if step < warmup:
-        return (step + 1) / (warmup + 1)
-    if not cosine:
-        return 1.0
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 class LoRAInstructModule(ExactResume, L.LightningModule):
@@ -262,19 +251,10 @@ class LoRAInstructModule(ExactResume, L.LightningModule):
             self.log("train/grad_norm", torch.stack(norms).norm())
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optim = self.cfg.optim
         params = [p for p in self.model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(
-            params, lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay
+        return adamw_with_schedule(
+            params, self.cfg.optim, int(self.trainer.estimated_stepping_batches)
         )
-        total = int(self.trainer.estimated_stepping_batches)
-        warmup = math.ceil(total * optim.warmup_ratio)
-        log.info("optimiser steps: %d (warm-up %d, %s)", total, warmup, optim.scheduler)
-        schedule = partial(
-            warmup_cosine, warmup=warmup, total=total, cosine=optim.scheduler == "cosine"
-        )
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ----------------------------------------------------------------------------------- evaluation
 
