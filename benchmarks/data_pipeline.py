@@ -18,7 +18,7 @@ from caslie.config import load_config
 from caslie.data.pipeline import build_dataset
 from caslie.data.sample import write_synthetic
 from caslie.data.sampler import LengthGroupedBatchSampler, padding_share
-from caslie.offline import load_tokenizer
+from caslie.pretrained import load_tokenizer
 
 
 def main() -> None:

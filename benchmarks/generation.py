@@ -27,7 +27,7 @@ from caslie.data.pipeline import build_dataset
 from caslie.data.tokenize import collate_generate
 from caslie.generation import answer_budget, generate_answers
 from caslie.models.lora import load_base_model
-from caslie.offline import tokenizer_for
+from caslie.pretrained import tokenizer_for
 
 
 def _timed(fn) -> tuple[float, list[str]]:

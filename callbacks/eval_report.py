@@ -11,6 +11,7 @@ import lightning as L
 from lightning.pytorch.loggers import WandbLogger
 
 from caslie.evaluation import format_table, write_predictions
+from caslie.run_dir import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -18,23 +19,24 @@ log = logging.getLogger(__name__)
 class EvalReport(L.Callback):
     """Writes ``predictions/<split>.jsonl`` and ``metrics.json`` and logs W&B tables (rank zero).
 
+    The caption used % comes from the datamodule's manifest.
+
     Args:
         run_dir: The run folder.
         image_root: Folder relative image paths resolve against (for W&B images).
         n_table_rows: Rows per split in the W&B predictions table (0: no table).
-        data_manifest: The data build's manifest (caption used % goes to W&B and metrics.json).
     """
 
-    def __init__(self, run_dir: Path, image_root: Path, n_table_rows: int = 64,
-                 data_manifest: dict[str, Any] | None = None):  # fmt: skip
+    def __init__(self, run_dir: Path, image_root: Path, n_table_rows: int = 64):
         self.run_dir, self.image_root, self.n_table_rows = run_dir, image_root, n_table_rows
-        self.data_manifest = data_manifest or {}
+        self.data_manifest: dict[str, Any] = {}
         self.table = ""
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         results = getattr(pl_module, "eval_results", None)
         if not trainer.is_global_zero or not results:
             return
+        self.data_manifest = trainer.datamodule.manifest
         metrics, rows = results["metrics"], results["rows"]
         write_predictions(rows, self.run_dir / "predictions")
         payload = {
@@ -43,13 +45,9 @@ class EvalReport(L.Callback):
             "checkpoint": str(trainer.ckpt_path) if trainer.ckpt_path else None,
             "global_step": trainer.global_step,
         }
-        if (
-            "counts" in results
-        ):  # FashionCLIP: truncated texts and missing images over the test splits
-            payload["counts"] = results["counts"]
-        path = self.run_dir / "metrics.json"
-        path.with_suffix(".json.tmp").write_text(json.dumps(payload, indent=2))
-        path.with_suffix(".json.tmp").replace(path)
+        # FashionCLIP adds its counts of truncated texts and missing images.
+        payload |= {k: v for k, v in results.items() if k not in ("metrics", "rows")}
+        write_atomic(self.run_dir / "metrics.json", json.dumps(payload, indent=2))
         self.table = format_table(metrics)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):

@@ -21,17 +21,19 @@ from typing import Any
 
 import torch
 
-from caslie.cache import CaptionCache, text_hash
-from caslie.config import CaptionConfig, Config, ConfigError
-from caslie.data.records import Record, default_image_root
+from caslie.config import CaptionConfig, Config
+from caslie.data.cache import CaptionCache, text_hash
+from caslie.data.records import default_image_root
+from caslie.errors import ConfigError
 from caslie.images import ImageError, ImageLimits, load_image
 from caslie.jobs import JobSummary, local_device, my_share, progress, rank_world, select_records
-from caslie.slots import fill, slot_contexts
+from caslie.pretrained import Checkpoint, load_model, load_processor, pad_for_generation
+from caslie.prompts import CONTEXT_FREE_PROMPT, caption_instruction
+from caslie.record import Record
 from caslie.tasks import TASKS
 
 log = logging.getLogger(__name__)
 
-CONTEXT_FREE_PROMPT = "Please generate an informative caption for the product in the image."
 NESTED_IMAGES = {"mllama"}  # processors that take one list of images per prompt
 NO_PROMPT = {"blip-2"}  # captions from the image alone
 
@@ -47,13 +49,9 @@ class CaptionJob:
 
 
 def instruction_for(record: Record, index: int, cfg: CaptionConfig) -> str:
-    """The captioning instruction for one image slot (Appendix C, plus the length instruction)."""
-    base = (
-        fill(TASKS[record.task].caption_template, slot_contexts(record)[index])
-        if cfg.context
-        else CONTEXT_FREE_PROMPT
-    )
-    return f"{base} {cfg.length_instruction}".strip()
+    """The captioning instruction for one image slot, as ``caption.context`` and
+    ``caption.length_instruction`` set it."""
+    return caption_instruction(record, index, cfg.context, cfg.length_instruction)
 
 
 def template_key(task: str, cfg: CaptionConfig) -> str:
@@ -78,28 +76,15 @@ class Captioner:
     """
 
     def __init__(self, cfg: CaptionConfig, device: str = "cpu"):
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoModelForImageTextToText
 
-        from caslie.models.lora import resolve_dtype
-        from caslie.offline import resolve_pretrained
-
-        path = resolve_pretrained(cfg.model, "captioning model")
+        ckpt = Checkpoint.from_config(cfg, cfg.model, what="captioning model")
         self.cfg, self.device = cfg, device
-        self.processor = AutoProcessor.from_pretrained(
-            path, trust_remote_code=cfg.trust_remote_code
-        )
-        kwargs: dict[str, Any] = {
-            "dtype": resolve_dtype(cfg.dtype),
-            "trust_remote_code": cfg.trust_remote_code,
-        }
-        if cfg.attn_implementation:
-            kwargs["attn_implementation"] = cfg.attn_implementation
-        self.model = AutoModelForImageTextToText.from_pretrained(path, **kwargs).to(device).eval()
+        self.processor = load_processor(ckpt)
+        self.model = load_model(ckpt, AutoModelForImageTextToText).to(device).eval()
         self.kind = self.model.config.model_type
         self.tokenizer = self.processor.tokenizer
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token is None:  # generation only: padding is masked out
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        pad_for_generation(self.tokenizer)
 
     def prompt(self, instruction: str) -> str:
         """The chat-formatted prompt around one image and the instruction."""
@@ -176,7 +161,7 @@ def run_caption(cfg: Config, tasks: list[str] | None = None, splits: list[str] |
     Raises:
         ConfigError: ``data.captions`` is not a cache folder.
     """
-    if cfg.data.captions == "dataset":
+    if cfg.data.caption_cache is None:
         raise ConfigError(
             "caslie caption writes a caption cache: set data.captions to a folder (e.g. cache/captions)"
         )
@@ -186,7 +171,7 @@ def run_caption(cfg: Config, tasks: list[str] | None = None, splits: list[str] |
     limits = ImageLimits(
         cc.fetch_timeout_s, cc.fetch_retries, cc.max_image_bytes, cc.max_image_pixels, cc.image_size
     )
-    cache = CaptionCache(cfg.data.captions)
+    cache = CaptionCache(cfg.data.caption_cache)
     cached = cache.load(model=cc.model) if cache.folder.is_dir() else {}
     records = select_records(cfg, tasks, splits, limit)
     jobs, skipped = plan(records, cc, cached, retry_failed, rank, world)

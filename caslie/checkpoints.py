@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from caslie.errors import MissingPathError
+
 log = logging.getLogger(__name__)
 
 
@@ -43,13 +45,13 @@ def resolve_ckpt(ckpt_path: str | None, run_dir: Path) -> str | None:
     (a first run) training starts fresh. Any other value must be an existing file.
 
     Raises:
-        FileNotFoundError: an explicit checkpoint path that does not exist.
+        MissingPathError: an explicit checkpoint path that does not exist.
     """
     if ckpt_path is None:
         return None
     if ckpt_path != "last":
         if not Path(ckpt_path).is_file():
-            raise FileNotFoundError(f"trainer.ckpt_path '{ckpt_path}' does not exist")
+            raise MissingPathError(f"trainer.ckpt_path '{ckpt_path}' does not exist")
         return ckpt_path
     candidates = [run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")]
     candidates = [p for p in candidates if p.is_file()]

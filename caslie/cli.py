@@ -8,24 +8,23 @@ import logging
 import sys
 from pathlib import Path
 
-from caslie.config import SPLITS, Config, ConfigError, load_config
-from caslie.data.records import DataError, load_records
-from caslie.errors import NonFiniteLossError
-from caslie.fusion import fuse_records
-from caslie.hub import HubUnavailableError
+from caslie.config import SPLITS, Config, load_config
+from caslie.data.fusion import fuse_records
+from caslie.data.records import load_records
+from caslie.errors import EXIT_USER_ERROR, CaslieError
 from caslie.parsing import PARSERS
 from caslie.prompts import render_prompt
 
 log = logging.getLogger("caslie")
 
-USER_ERRORS = (ConfigError, DataError, HubUnavailableError, FileNotFoundError, NonFiniteLossError)
-"""Errors that are the user's to fix: printed as one line, no traceback."""
+# Commands import their module when they run: torch and transformers take seconds to import, and
+# `caslie inspect` (and --help) need neither.
 
 
 def _tokenizer_for(cfg: Config):
     if cfg.data.prompt_template != "chat":
         return None  # the paper's template needs no tokenizer to render
-    from caslie.offline import tokenizer_for
+    from caslie.pretrained import tokenizer_for
 
     return tokenizer_for(cfg.model)
 
@@ -138,9 +137,9 @@ def main(argv: list[str] | None = None) -> int:
             from caslie.export import export_merged
 
             print(f"merged model: {export_merged(args.run, args.out, args.checkpoint)}")
-    except USER_ERRORS as err:
+    except CaslieError as err:
         print(f"caslie: error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     except BrokenPipeError:  # output piped into `head`: not an error
         sys.stderr.close()
     return 0

@@ -17,7 +17,8 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from caslie.tasks import TASK_CODES, UnknownTaskError, get_task
+from caslie.errors import ConfigError, UnknownTaskError
+from caslie.tasks import TASK_CODES, get_task
 
 PAPER_VOTERS = [
     "llama-3.2-3b-instruct",
@@ -44,9 +45,8 @@ DEFAULT_SPLIT_MAP = {
 
 FUSIONS = ("none", "uia", "mv")
 
-
-class ConfigError(ValueError):
-    """A config that cannot run: unknown key, bad value, or inconsistent sections."""
+CAPTIONS_FROM_DATASET = "dataset"
+"""``data.captions`` value that reads captions from the rows' ``caption_info``."""
 
 
 @dataclass
@@ -109,6 +109,9 @@ class DataConfig:
     """Padded batch length is a multiple of this (tensor-core friendly)."""
     group_by_length: bool = True
     """Batch examples of similar length together to cut padding."""
+    image_size: int = 500
+    """Images read by the FashionCLIP loaders are resized to fit this square first (the paper's
+    medium size); the model's processor then sizes them for the vision tower."""
     num_workers: int = 2
     """DataLoader worker processes."""
     cache_dir: str = ".cache/caslie"
@@ -122,6 +125,10 @@ class DataConfig:
             raise ConfigError(
                 f"unknown data.fusion '{self.fusion}': use one of none, uia, mv, single:<voter>"
             )
+        if not self.captions or not self.captions.strip():
+            raise ConfigError(
+                "data.captions is empty: use 'dataset' (the rows' caption_info) or a caption cache folder"
+            )
         if self.mv_tie not in ("yes", "no"):
             raise ConfigError(f"data.mv_tie must be 'yes' or 'no', got '{self.mv_tie}'")
         if fusion_kind == "mv" and not self.voters:
@@ -130,6 +137,8 @@ class DataConfig:
             raise ConfigError(
                 f"data.prompt_template must be 'mistral' or 'chat', got '{self.prompt_template}'"
             )
+        if self.image_size < 32:
+            raise ConfigError(f"data.image_size must be at least 32, got {self.image_size}")
         if self.max_length < 16:
             raise ConfigError(f"data.max_length must be at least 16, got {self.max_length}")
         if self.pad_to_multiple_of < 1:
@@ -147,6 +156,12 @@ class DataConfig:
     def fusion_kind(self) -> str:
         """``none``, ``uia``, ``mv`` or ``single``."""
         return self.fusion.partition(":")[0]
+
+    @property
+    def caption_cache(self) -> str | None:
+        """The caption cache folder, or ``None`` when captions come from the rows' ``caption_info``
+        (``data.captions: dataset``). The one place that reads ``data.captions``."""
+        return None if self.captions == CAPTIONS_FROM_DATASET else self.captions
 
     @property
     def fusion_voters(self) -> list[str]:
@@ -621,32 +636,10 @@ RESTART_KEYS = frozenset({"trainer.ckpt_path", "trainer.enable_progress_bar", "d
 """Keys a restarted run may change without becoming another experiment."""
 
 
-def save_config(cfg: Config, run_dir: str | Path, allow_change: bool = False) -> Path:
-    """Write ``config.yaml`` into the run folder.
-
-    A run folder that already holds a different config is refused (resuming with other settings
-    silently mixes two experiments) unless ``allow_change`` is set.
-
-    Returns:
-        The path written.
-    """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / "config.yaml"
-    text = to_yaml(cfg)
-    if path.exists() and not allow_change:
-        old = OmegaConf.load(path)
-        new = OmegaConf.create(text)
-        diff = [k for k in _diff_keys(old, new) if k not in RESTART_KEYS]
-        if diff:
-            raise ConfigError(
-                f"run folder {run_dir} already holds a different config (changed: "
-                f"{', '.join(diff[:8])}); choose another run.name or delete the folder"
-            )
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
+def changed_keys(old_yaml: str, new_yaml: str) -> list[str]:
+    """Keys whose values differ between two saved configs, except :data:`RESTART_KEYS`."""
+    old, new = OmegaConf.create(old_yaml), OmegaConf.create(new_yaml)
+    return [k for k in _diff_keys(old, new) if k not in RESTART_KEYS]
 
 
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:

@@ -19,10 +19,11 @@ from typing import Any
 
 import torch
 
-from caslie.cache import VoteCache, text_hash
-from caslie.config import Config, ConfigError, CQEConfig
-from caslie.data.records import Record
-from caslie.fusion import CaptionSource, decide
+from caslie.config import Config, CQEConfig
+from caslie.data.cache import VoteCache, text_hash
+from caslie.data.captions import CaptionSource
+from caslie.data.votes import VoteTables, decide
+from caslie.errors import ConfigError
 from caslie.jobs import (
     JobSummary,
     batches,
@@ -32,7 +33,16 @@ from caslie.jobs import (
     rank_world,
     select_records,
 )
-from caslie.slots import fill, slot_contexts
+from caslie.pretrained import (
+    Checkpoint,
+    load_model,
+    load_processor,
+    load_tokenizer,
+    model_config,
+    pad_for_generation,
+)
+from caslie.prompts import cqe_prompt
+from caslie.record import Record
 from caslie.tasks import TASKS
 
 log = logging.getLogger(__name__)
@@ -56,13 +66,6 @@ class VoteJob:
     @property
     def key(self) -> tuple[str, int, str]:
         return self.record.id, self.index, text_hash(self.caption)
-
-
-def cqe_prompt(record: Record, index: int, caption: str) -> str:
-    """The Appendix C caption-quality instruction for one image slot."""
-    return fill(
-        TASKS[record.task].cqe_template, slot_contexts(record)[index] | {"caption": caption}
-    )
 
 
 def read_answer(text: str) -> str | None:
@@ -99,34 +102,18 @@ class Voter:
     """
 
     def __init__(self, name: str, model_id: str, cfg: CQEConfig, device: str = "cpu"):
-        from transformers import (
-            AutoConfig,
-            AutoModelForCausalLM,
-            AutoModelForImageTextToText,
-            AutoProcessor,
-            AutoTokenizer,
-        )
+        from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
-        from caslie.models.lora import resolve_dtype
-        from caslie.offline import resolve_pretrained
-
-        path = resolve_pretrained(model_id, f"voter '{name}'")
+        ckpt = Checkpoint.from_config(cfg, model_id, what=f"voter '{name}'")
         self.name, self.cfg, self.device = name, cfg, device
-        remote = cfg.trust_remote_code
-        kind = AutoConfig.from_pretrained(path, trust_remote_code=remote).model_type
-        if kind in VLM_TYPES:
-            self.tokenizer = AutoProcessor.from_pretrained(path, trust_remote_code=remote).tokenizer
+        if model_config(ckpt).model_type in VLM_TYPES:
+            self.tokenizer = load_processor(ckpt).tokenizer
+            pad_for_generation(self.tokenizer)
             model_cls = AutoModelForImageTextToText
         else:
-            self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=remote)
+            self.tokenizer = load_tokenizer(ckpt, pad="eos")
             model_cls = AutoModelForCausalLM
-        self.model = model_cls.from_pretrained(
-            path, dtype=resolve_dtype(cfg.dtype), trust_remote_code=remote
-        )
-        self.model.to(device).eval()
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token is None:  # masked out; never trained on
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = load_model(ckpt, model_cls).to(device).eval()
         self.yes_ids = answer_token_ids(self.tokenizer, "yes")
         self.no_ids = answer_token_ids(self.tokenizer, "no")
         self.templated = bool(getattr(self.tokenizer, "chat_template", None))
@@ -291,10 +278,10 @@ def run_vote(cfg: Config, tasks: list[str] | None = None, splits: list[str] | No
 
 
 def _used_pct(cache: VoteCache, cfg: Config, jobs: list[VoteJob]) -> float | None:
-    tables = {v: cache.load(v) for v in cfg.data.voters}
+    tables = VoteTables(cache, cfg.data.voters)
     decided = used = 0
     for job in jobs:
-        votes = {v: t[job.key]["vote"] for v, t in tables.items() if job.key in t}
+        votes = tables.votes(job.key)
         if len(votes) == len(cfg.data.voters):
             decided += 1
             used += decide(votes, cfg.data.voters, cfg.data.mv_tie)

@@ -12,6 +12,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from caslie.config import SPLITS, DataConfig
+from caslie.data.records import load_records
+from caslie.errors import DataError, MissingPathError
 from caslie.metrics import mean_primary, task_metrics
 from caslie.parsing import parse_answer, parse_paper
 from caslie.tasks import TASK_CODES
@@ -70,27 +73,6 @@ def score_rows(rows: Iterable[dict[str, Any]], parser: str = "paper") -> dict[st
     return dict(out)
 
 
-def finish_eval(module: Any, rows: list[dict[str, Any]], parser: str) -> dict[str, Any]:
-    """End of an evaluation epoch: gather rows over ranks, score them, log the metrics.
-
-    Every rank gets the same metrics (so checkpoint monitors agree), and ``module.eval_results``
-    holds ``{"metrics", "rows"}`` for the run's report.
-    """
-    rows = gather_rows(rows)
-    metrics = score_rows(rows, parser)
-    module.eval_results = {"metrics": metrics, "rows": rows}
-    for split, per_task in metrics.items():
-        for task, values in per_task.items():
-            if task == "primary_mean":
-                if values is not None:
-                    module.log(f"{split}/primary_mean", float(values), add_dataloader_idx=False)
-                continue
-            for name, value in values.items():
-                if isinstance(value, (int, float)) and name != "primary":
-                    module.log(f"{split}/{task}/{name}", float(value), add_dataloader_idx=False)
-    return metrics
-
-
 def write_predictions(rows: list[dict[str, Any]], folder: Path) -> list[Path]:
     """Write ``<folder>/<split>.jsonl``, one object per row, and return the paths."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -140,9 +122,12 @@ def read_predictions(path: Path, ids: list[str]) -> dict[str, str]:
     Raises:
         DataError: a malformed file, a length mismatch, or a line without ``id``/``prediction``.
     """
-    from caslie.data.records import DataError
-
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise MissingPathError(f"predictions file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: cannot read the predictions ({err})") from None
     stripped = text.lstrip()
     if stripped.startswith("["):
         try:
@@ -179,9 +164,6 @@ def evaluate_file(data: str, predictions: Path, parser: str = "paper") -> dict[s
     Raises:
         DataError: predictions for ids that are not in the rows.
     """
-    from caslie.config import SPLITS, DataConfig
-    from caslie.data.records import DataError, load_records
-
     records, _ = load_records(DataConfig(source=data), splits=SPLITS, tasks=TASK_CODES)
     preds = read_predictions(predictions, [r.id for r in records])
     unknown = set(preds) - {r.id for r in records}

@@ -9,6 +9,9 @@ from pathlib import Path
 import torch
 
 from caslie.config import load_config
+from caslie.errors import CheckpointError, MissingPathError
+from caslie.models.lora import build_lora_model
+from caslie.pretrained import tokenizer_for
 
 log = logging.getLogger(__name__)
 
@@ -17,7 +20,7 @@ def checkpoint_path(run_dir: Path, which: str) -> Path:
     """``best``/``last`` of a run folder, or an explicit checkpoint file."""
     path = run_dir / "checkpoints" / f"{which}.ckpt" if which in ("best", "last") else Path(which)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingPathError(
             f"checkpoint {path} does not exist (train the run first, or pass --checkpoint)"
         )
     return path
@@ -25,9 +28,6 @@ def checkpoint_path(run_dir: Path, which: str) -> Path:
 
 def load_adapted(run_dir: Path, which: str = "best"):
     """The run's base model with the checkpoint's adapter loaded (a peft model) and its tokenizer."""
-    from caslie.models.lora import build_lora_model
-    from caslie.offline import tokenizer_for
-
     cfg = load_config(run_dir / "config.yaml")
     tokenizer = tokenizer_for(cfg.model)
     model_cfg = dataclasses.replace(cfg.model, gradient_checkpointing=False)
@@ -37,7 +37,7 @@ def load_adapted(run_dir: Path, which: str = "best"):
     result = model.load_state_dict(state, strict=False)
     lora_missing = [k for k in result.missing_keys if "lora_" in k]
     if result.unexpected_keys or lora_missing:
-        raise ValueError(
+        raise CheckpointError(
             f"the checkpoint does not fit {cfg.model.name_or_path} with this LoRA config "
             f"(unexpected: {result.unexpected_keys[:3]}, missing adapter weights: {lora_missing[:3]})"
         )

@@ -10,9 +10,7 @@ import os
 import socket
 from urllib.parse import urlparse
 
-
-class HubUnavailableError(RuntimeError):
-    """A hub id was requested and the hub cannot be reached (or offline mode is on)."""
+from caslie.errors import HubUnavailableError
 
 
 def hub_offline() -> bool:

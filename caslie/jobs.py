@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from caslie.config import SPLITS, Config
-from caslie.data.records import Record, load_records
+from caslie.data.records import load_records
+from caslie.record import Record
 
 T = TypeVar("T")
 

@@ -1,12 +1,23 @@
-"""Prompt rendering: the paper's "mistral" template (byte-exact), or the tokenizer's chat template.
+"""Every prompt the project writes: the task prompt a model answers, and the EC3 and CQE instructions.
 
+The task prompt is the paper's "mistral" template (byte-exact), or the tokenizer's chat template.
 The paper's template comes in two forms; the one without ``### Options`` is used only when a row has
 no options at all (field absent or null), so an empty list still renders ``[]``.
+
+EC3 (captioning) and CQE (caption quality) instructions fill the task's Appendix C templates
+(:mod:`caslie.tasks`) with the context of one image slot: one slot per image, in ``images`` order.
+PRP has two products, each captioned with the other's title; SR has every history item, then every
+option, each with its own item text.
 """
 
 from __future__ import annotations
 
+import string
 from typing import Any
+
+from caslie.errors import ConfigError
+from caslie.record import Record
+from caslie.tasks import TASKS
 
 _PREAMBLE = (
     "Below is an instruction that describes a task, paired with an input that provides further "
@@ -21,6 +32,11 @@ MISTRAL_WITH_OPTIONS = "[INST] " + _BODY_WITH_OPTIONS + "\n\n [/INST] ### Respon
 MISTRAL_NO_OPTIONS = "[INST] " + _BODY_NO_OPTIONS + "\n\n [/INST] ### Response:\n"
 
 TEMPLATES = ("mistral", "chat")
+
+CONTEXT_FREE_PROMPT = "Please generate an informative caption for the product in the image."
+"""The EC3 instruction without any context (the paper's BLIP-2-style baseline)."""
+
+# ------------------------------------------------------------------------------------ task prompt
 
 
 def render_body(instruction: str, input_text: str, options_text: str | None) -> str:
@@ -50,6 +66,9 @@ def render_prompt(
 
     Returns:
         The prompt text, ending where the answer starts.
+
+    Raises:
+        ConfigError: ``chat`` with a tokenizer that has no chat template, or an unknown template.
     """
     if template == "mistral":
         if options_text is None:
@@ -59,7 +78,7 @@ def render_prompt(
         )
     if template == "chat":
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-            raise ValueError(
+            raise ConfigError(
                 "data.prompt_template=chat needs a tokenizer with a chat template; this tokenizer "
                 "has none (use data.prompt_template=mistral)"
             )
@@ -67,7 +86,7 @@ def render_prompt(
         return tokenizer.apply_chat_template(
             [{"role": "user", "content": body}], tokenize=False, add_generation_prompt=True
         )
-    raise ValueError(f"unknown prompt template '{template}' (use one of {', '.join(TEMPLATES)})")
+    raise ConfigError(f"unknown prompt template '{template}' (use one of {', '.join(TEMPLATES)})")
 
 
 def template_adds_bos(template: str) -> bool:
@@ -76,3 +95,75 @@ def template_adds_bos(template: str) -> bool:
     Chat templates already write BOS into the text; the paper's template relies on the tokenizer.
     """
     return template == "mistral"
+
+
+# ----------------------------------------------------------------------------- image slot context
+
+
+def item_text(entry: str) -> str:
+    """``"1st: Title. Category. Brand."`` or ``"A: Title"`` -> the item text."""
+    head, sep, rest = entry.partition(": ")
+    return rest.strip() if sep and len(head) <= 5 else entry.strip()
+
+
+def slot_contexts(record: Record) -> list[dict[str, str]]:
+    """Template values for each image slot of ``record``.
+
+    Keys: ``title``, ``other_title``, ``question``, ``document``, ``query``, ``review`` and
+    ``options`` (as the task has them).
+    """
+    inp: Any = record.input
+    options = ", ".join(record.options or [])
+    task = record.task
+    if task == "sr":
+        items = [item_text(x) for x in inp] + [item_text(x) for x in record.options or []]
+        return [{"title": t} for t in items]
+    if task == "prp":
+        p1, p2 = str(inp.get("product 1", "")), str(inp.get("product 2", ""))
+        return [{"title": p1, "other_title": p2}, {"title": p2, "other_title": p1}]
+    ctx = {
+        "ap": lambda: {"question": inp.get("question", ""), "document": inp.get("document", "")},
+        "cc": lambda: {"title": inp.get("title", ""), "options": options},
+        "psi": lambda: {"query": inp.get("query", ""), "title": inp.get("product title", "")},
+        "mpc": lambda: {"query": inp.get("query", ""), "title": inp.get("product title", "")},
+        "sa": lambda: {"review": inp.get("review", "")},
+    }[task]()
+    return [{k: str(v) for k, v in ctx.items()}] * len(record.images)
+
+
+def fill(template: str, values: dict[str, str]) -> str:
+    """Format ``template`` with ``values``; a placeholder without a value names the field."""
+    names = {f for _, f, _, _ in string.Formatter().parse(template) if f}
+    missing = names - set(values)
+    if missing:
+        raise KeyError(f"template needs {sorted(missing)}, the row gives {sorted(values)}")
+    return template.format(**values)
+
+
+# ------------------------------------------------------------------------ EC3 and CQE instructions
+
+
+def caption_instruction(
+    record: Record, index: int, context: bool = True, length_instruction: str = ""
+) -> str:
+    """The EC3 captioning instruction for one image slot (Appendix C, plus the length instruction).
+
+    Args:
+        record: The row.
+        index: The image slot.
+        context: Context-conditioned (the task's template) or :data:`CONTEXT_FREE_PROMPT`.
+        length_instruction: Appended after a space (empty: nothing).
+    """
+    base = (
+        fill(TASKS[record.task].caption_template, slot_contexts(record)[index])
+        if context
+        else CONTEXT_FREE_PROMPT
+    )
+    return f"{base} {length_instruction}".strip()
+
+
+def cqe_prompt(record: Record, index: int, caption: str) -> str:
+    """The Appendix C caption-quality instruction for one image slot and its caption."""
+    return fill(
+        TASKS[record.task].cqe_template, slot_contexts(record)[index] | {"caption": caption}
+    )

@@ -1,10 +1,8 @@
-"""Exact resume for any of our LightningModules: data position and RNG state in the checkpoint.
+"""The random state a training step may draw from, saved into and restored from checkpoints.
 
-Lightning restores weights, optimiser, scheduler and loop counters. Two things it cannot do here:
-the batch samplers are rebuilt before the checkpoint is read, so the data module is told where the
-epoch stood (:meth:`resume_at`) and its sampler skips the batches already trained on; and loaders
-created while resuming draw from the global RNG, so the saved RNG state is put back at the first
-training batch, where the uninterrupted run would be.
+Loaders created while resuming draw from the global RNG, so :class:`caslie.models.base.CaslieModule`
+puts the saved state back at the first training batch, where the uninterrupted run would be. The
+state is stored in types that ``torch.load(weights_only=True)`` accepts.
 """
 
 from __future__ import annotations
@@ -40,33 +38,3 @@ def set_rng_state(rng: dict[str, Any]) -> None:
     random.setstate(rng["python"])
     kind, keys, pos, has_gauss, gauss = rng["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-
-
-class ExactResume:
-    """LightningModule mixin: call :meth:`resume_state` when saving and :meth:`restore_resume_state`
-    when loading; the data module must offer ``resume_at(epoch, batches_done)``."""
-
-    _pending_rng: dict[str, Any] | None = None
-
-    def resume_state(self) -> dict[str, Any]:
-        """Where training stands: epoch, batches done in it, RNG state."""
-        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
-        return {
-            "epoch": self.trainer.current_epoch,
-            "batches_done": progress.processed,
-            "rng": rng_state(),
-        }
-
-    def restore_resume_state(self, meta: dict[str, Any]) -> None:
-        """Tell the data module where to start; keep the RNG state for the next training batch."""
-        datamodule = (
-            getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        )
-        if "batches_done" in meta and hasattr(datamodule, "resume_at"):
-            datamodule.resume_at(meta["epoch"], meta["batches_done"])
-        self._pending_rng = meta.get("rng")
-
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        rng, self._pending_rng = self._pending_rng, None
-        if rng:
-            set_rng_state(rng)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
+from caslie.errors import UnknownTaskError
+
 # Metric families (Table 2 / Appendix D).
 BINARY = "binary"  # ap, psi: positive class "yes"; acc, P, R, F1
 MULTICLASS = "multiclass"  # mpc, prp, sa: acc and macro P/R/F1
@@ -255,10 +257,6 @@ TASKS: dict[str, Task] = {t.code: t for t in _TASKS}
 
 TASK_CODES: tuple[str, ...] = tuple(TASKS)
 _BY_NAME = {t.name: t for t in _TASKS}
-
-
-class UnknownTaskError(ValueError):
-    """A task code or name that is not one of the seven."""
 
 
 def get_task(code_or_name: str) -> Task:

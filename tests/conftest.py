@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from caslie.config import Config, load_config
+from caslie.pretrained import load_tokenizer
+from caslie.tasks import TASKS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,8 +31,6 @@ def _isolated_env(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def tokenizer():
     """The ``tiny:mistral`` tokenizer, built locally through the AutoTokenizer path."""
-    from caslie.offline import load_tokenizer
-
     return load_tokenizer("tiny:mistral")
 
 
@@ -62,3 +62,94 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+def demo_config(tmp: Path, *overrides: str) -> Config:
+    """``configs/demo.yaml`` writing under ``tmp``, with the shipped votes and no progress bar."""
+    base = [f"run.output_dir={tmp / 'runs'}", f"data.cache_dir={tmp / 'cache'}",
+            f"data.votes={REPO / 'data/sample/votes'}", "trainer.enable_progress_bar=false"]  # fmt: skip
+    return load_config(REPO / "configs/demo.yaml", base + list(overrides))
+
+
+def cqe_config(tmp: Path, *overrides: str) -> Config:
+    """``configs/cqe/demo.yaml`` (three tiny voters) voting into ``tmp``."""
+    return load_config(REPO / "configs/cqe/demo.yaml",
+                       [f"data.votes={tmp / 'votes'}", f"data.cache_dir={tmp / 'c'}", *overrides])  # fmt: skip
+
+
+def clip_config(tmp: Path, *overrides: str) -> Config:
+    """``configs/fashionclip.yaml`` with ``tiny:clip`` on the sample, writing under ``tmp``."""
+    return load_config(REPO / "configs/fashionclip.yaml", [
+        "model.name_or_path=tiny:clip", "data.source=sample", f"run.output_dir={tmp / 'runs'}",
+        "data.num_workers=0", "trainer.accelerator=cpu", "logger.wandb.mode=disabled",
+        "trainer.enable_progress_bar=false", "optim.effective_batch_size=16", "optim.micro_batch_size=16",
+        *overrides,
+    ])  # fmt: skip
+
+
+# Golden prompt cases: one row per task, the input and options as the released models saw them
+# after UIA fusion (json.dumps with Python defaults: ASCII escapes, ", " separators).
+
+HEAD = (
+    "[INST] Below is an instruction that describes a task, paired with an input that provides "
+    "further context. Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n"
+)
+SPLIT_MAP = load_config().data.split_map
+
+
+def golden_row(task: str, inp, options, output: str, n_images: int) -> dict:
+    return {
+        "task": TASKS[task].name, "split": "test", "instruction": TASKS[task].instruction,
+        "input": json.dumps(inp), "options": None if options is None else json.dumps(options),
+        "output": output, "images": json.dumps([f"i{j}.png" for j in range(n_images)]),
+        "caption_info": json.dumps([f"cap {j} \u00e9" for j in range(n_images)]),
+    }  # fmt: skip
+
+
+GOLDEN_CASES = {
+    "ap": (
+        golden_row("ap", {"question": "Is it 20V?", "document": "20V MAX"}, [], "yes", 1),
+        '{"question": "Is it 20V?", "document": "20V MAX", "product information extracted from image": "cap 0 \\u00e9"}',
+        "[]",
+    ),
+    "cc": (
+        golden_row("cc", {"title": "Saw"}, ["A: Saws", "B: Drills"], "A", 1),
+        '{"title": "Saw", "product information extracted from image": "cap 0 \\u00e9"}',
+        '["A: Saws", "B: Drills"]',
+    ),
+    "prp": (
+        golden_row(
+            "prp",
+            {"product 1": "Drill", "product 2": "Bits"},
+            ["A: buy", "B: view", "C: similar"],
+            "B",
+            2,
+        ),
+        '{"product 1": "Drill", "product 2": "Bits", "product 1 information extracted from image": '
+        '"cap 0 \\u00e9", "product 2 information extracted from image": "cap 1 \\u00e9"}',
+        '["A: buy", "B: view", "C: similar"]',
+    ),
+    "psi": (
+        golden_row("psi", {"query": "q", "product title": "t"}, None, "no", 1),
+        '{"query": "q", "product title": "t", "product information extracted from image": "cap 0 \\u00e9"}',
+        None,
+    ),
+    "mpc": (
+        golden_row(
+            "mpc", {"query": "q", "product title": "t"}, ["A: E", "B: S", "C: C", "D: I"], "D", 1
+        ),
+        '{"query": "q", "product title": "t", "product information extracted from image": "cap 0 \\u00e9"}',
+        '["A: E", "B: S", "C: C", "D: I"]',
+    ),
+    "sa": (
+        golden_row("sa", {"review": 'Great "tool"'}, ["A: very positive", "B: positive"], "A", 1),
+        '{"review": "Great \\"tool\\"", "product information extracted from image": "cap 0 \\u00e9"}',
+        '["A: very positive", "B: positive"]',
+    ),
+    "sr": (
+        golden_row("sr", ["1st: Drill", "2nd: Saw"], ["A: Bits", "B: Blade"], "B", 4),
+        '["1st: Drill cap 0 \\u00e9", "2nd: Saw cap 1 \\u00e9"]',
+        '["A: Bits cap 2 \\u00e9", "B: Blade cap 3 \\u00e9"]',
+    ),
+}

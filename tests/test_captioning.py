@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from conftest import write_jsonl
 
-from caslie.cache import CaptionCache, read_shards
 from caslie.captioning import instruction_for, run_caption
 from caslie.config import load_config
+from caslie.data.cache import CaptionCache, read_shards
 from caslie.data.records import load_records
 
 REPO = Path(__file__).resolve().parents[1]

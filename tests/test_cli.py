@@ -1,7 +1,11 @@
+"""The ``caslie`` console script: inspect and evaluate."""
+
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+from caslie.cli import main as caslie_main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,3 +47,33 @@ def test_config_typo_exits_2_with_a_suggestion():
     assert out.returncode == 2
     assert "did you mean 'data.fusion'" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_caslie_evaluate_scores_a_predictions_file(tmp_path, sample_rows, capsys):
+    rows = [r for r in sample_rows if r["task"] in ("answerability_prediction", "sentiment_analysis")
+            and r["split"] == "test"][:20]  # fmt: skip
+    data = tmp_path / "rows.json"
+    data.write_text(json.dumps(rows))
+    preds = [r["output"] if i % 4 else "maybe" for i, r in enumerate(rows)]
+    (tmp_path / "preds.json").write_text(json.dumps(preds))
+    out = tmp_path / "metrics.json"
+    code = caslie_main(["evaluate", "--data", str(data), "--predictions", str(tmp_path / "preds.json"),
+                        "--out", str(out)])  # fmt: skip
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(out.read_text())
+    total = sum(m["n"] + m["failed"] for m in printed.values())
+    assert total == len(rows) and sum(m["failed"] for m in printed.values()) == 5
+    for m in printed.values():
+        assert m[m["primary"]] == 1.0  # every parsed prediction is the gold label
+
+
+def test_caslie_evaluate_rejects_misaligned_predictions(tmp_path, sample_rows, capsys):
+    data = tmp_path / "rows.json"
+    data.write_text(json.dumps(sample_rows[:5]))
+    (tmp_path / "p.json").write_text(json.dumps(["yes"] * 4))
+    assert (
+        caslie_main(["evaluate", "--data", str(data), "--predictions", str(tmp_path / "p.json")])
+        == 2
+    )
+    assert "4 predictions for 5 rows" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""``caslie vote`` with tiny voters on the sample: prompts, yes/no scoring, cache, shards, kill -9."""
+"""``caslie vote`` with tiny voters on the sample: yes/no scoring, cache, shards, kill -9."""
 
 import os
 import signal
@@ -9,32 +9,18 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import cqe_config as _cfg
 
-from caslie.cache import VoteCache, read_shards
-from caslie.config import ConfigError, load_config
-from caslie.cqe import Voter, answer_token_ids, cqe_prompt, read_answer, run_vote, vote_jobs
-from caslie.fusion import fuse_records
+from caslie.config import load_config
+from caslie.cqe import Voter, answer_token_ids, read_answer, run_vote, vote_jobs
+from caslie.data.cache import VoteCache, read_shards
+from caslie.data.fusion import fuse_records
+from caslie.errors import ConfigError
 from caslie.jobs import select_records
-from caslie.offline import load_tokenizer
+from caslie.pretrained import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 VOTERS = ["tiny-llama", "tiny-mistral", "tiny-llava"]
-
-
-def _cfg(tmp: Path, *overrides: str):
-    return load_config(REPO / "configs/cqe/demo.yaml",
-                       [f"data.votes={tmp / 'votes'}", f"data.cache_dir={tmp / 'c'}", *overrides])  # fmt: skip
-
-
-def test_prompt_is_appendix_c_with_the_caption(tmp_path):
-    cfg = _cfg(tmp_path)
-    records = select_records(cfg, ["prp"], ["train"], 1)
-    r = records[0]
-    text = cqe_prompt(r, 1, "A red box")
-    assert (
-        f"title of product 1: {r.input['product 2']}, and product 2: {r.input['product 1']}" in text
-    )
-    assert "image: A red box, you need" in text and text.endswith("Only output yes or no.")
 
 
 @pytest.mark.parametrize("name", ["llama", "mistral"])

@@ -1,11 +1,10 @@
-import json
+"""The paper's metrics against sklearn."""
+
 import random
 
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 
-from caslie.cli import main as caslie_main
-from caslie.evaluation import score_rows
 from caslie.metrics import mean_primary, task_metrics
 
 
@@ -60,55 +59,3 @@ def test_all_failed_gives_none_and_counts_zero_in_the_mean():
     got = task_metrics("psi", ["yes", "no"], [None, None])
     assert got["f1"] is None and got["failed"] == 2
     assert mean_primary({"psi": got, "cc": task_metrics("cc", ["A"], ["A"])}) == pytest.approx(0.5)
-
-
-def test_score_rows_uses_each_splits_gold_labels_as_the_valid_set():
-    rows = [
-        {"split": "test_ind", "task": "cc", "gold": "A", "generated": "A"},
-        {"split": "test_ind", "task": "cc", "gold": "B", "generated": "C"},  # C: no gold C here
-        {"split": "test_ood", "task": "cc", "gold": "C", "generated": "C"},
-    ]
-    out = score_rows(rows)
-    assert out["test_ind"]["cc"]["failed"] == 1 and out["test_ind"]["cc"]["r1"] == 1.0
-    assert out["test_ood"]["cc"]["r1"] == 1.0
-    assert [r["parsed"] for r in rows] == ["A", None, "C"]
-
-
-def test_robust_parser_reports_rescued_rows():
-    rows = [
-        {"split": "val", "task": "ap", "gold": "yes", "generated": "Yes."},
-        {"split": "val", "task": "ap", "gold": "no", "generated": "no"},
-    ]
-    assert score_rows([dict(r) for r in rows])["val"]["ap"]["failed"] == 1
-    robust = score_rows([dict(r) for r in rows], "robust")["val"]["ap"]
-    assert robust["failed"] == 0 and robust["rescued"] == 1 and robust["acc"] == 1.0
-
-
-def test_caslie_evaluate_scores_a_predictions_file(tmp_path, sample_rows, capsys):
-    rows = [r for r in sample_rows if r["task"] in ("answerability_prediction", "sentiment_analysis")
-            and r["split"] == "test"][:20]  # fmt: skip
-    data = tmp_path / "rows.json"
-    data.write_text(json.dumps(rows))
-    preds = [r["output"] if i % 4 else "maybe" for i, r in enumerate(rows)]
-    (tmp_path / "preds.json").write_text(json.dumps(preds))
-    out = tmp_path / "metrics.json"
-    code = caslie_main(["evaluate", "--data", str(data), "--predictions", str(tmp_path / "preds.json"),
-                        "--out", str(out)])  # fmt: skip
-    assert code == 0
-    printed = json.loads(capsys.readouterr().out)
-    assert printed == json.loads(out.read_text())
-    total = sum(m["n"] + m["failed"] for m in printed.values())
-    assert total == len(rows) and sum(m["failed"] for m in printed.values()) == 5
-    for m in printed.values():
-        assert m[m["primary"]] == 1.0  # every parsed prediction is the gold label
-
-
-def test_caslie_evaluate_rejects_misaligned_predictions(tmp_path, sample_rows, capsys):
-    data = tmp_path / "rows.json"
-    data.write_text(json.dumps(sample_rows[:5]))
-    (tmp_path / "p.json").write_text(json.dumps(["yes"] * 4))
-    assert (
-        caslie_main(["evaluate", "--data", str(data), "--predictions", str(tmp_path / "p.json")])
-        == 2
-    )
-    assert "4 predictions for 5 rows" in capsys.readouterr().err

@@ -24,11 +24,12 @@ from typing import Any
 
 import datasets
 
-from caslie.cache import folder_state
 from caslie.config import DataConfig
-from caslie.data.records import DataError, load_records, resolve_source
+from caslie.data.cache import folder_state
+from caslie.data.fusion import FusedExample, fuse_records
+from caslie.data.records import load_records, resolve_source
 from caslie.data.tokenize import Tokenise, split_prompt
-from caslie.fusion import FusedExample, fuse_records
+from caslie.errors import DataError
 from caslie.prompts import render_prompt, template_adds_bos
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,7 @@ def fingerprint(cfg: DataConfig, tokenizer: Any, splits: list[str]) -> str:
         "pad_to_multiple_of",
         "cache_dir",
         "image_root",
+        "image_size",
     ):
         fields.pop(unrelated)
     state = {
@@ -101,7 +103,7 @@ def fingerprint(cfg: DataConfig, tokenizer: Any, splits: list[str]) -> str:
         "config": fields,
         "splits": sorted(splits),
         "source": _source_state(cfg.source),
-        "captions": folder_state(cfg.captions) if cfg.captions != "dataset" else None,
+        "captions": folder_state(cfg.caption_cache) if cfg.caption_cache else None,
         "votes": {v: folder_state(Path(cfg.votes) / v) for v in cfg.fusion_voters}
         if cfg.votes
         else None,

@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from caslie.config import DataConfig
+from caslie.errors import DataError, RowError, UnknownTaskError
 from caslie.hub import require_hub
-from caslie.tasks import TASKS, Task, UnknownTaskError, get_task, option_label
+from caslie.record import Record
+from caslie.tasks import get_task, option_label
 
 log = logging.getLogger(__name__)
 
@@ -32,61 +34,6 @@ ROW_SUFFIXES = (".jsonl", ".json", ".parquet")
 REQUIRED_FIELDS = ("task", "split", "instruction", "input", "output", "images")
 SCHEMA_FIELDS = REQUIRED_FIELDS + ("options", "caption_info", "setting", "id")
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
-
-
-class DataError(ValueError):
-    """Rows that cannot be used: bad files, bad rows, or nothing left after selection."""
-
-
-class RowError(DataError):
-    """One invalid row: where it is, its id, the field and the problem."""
-
-    def __init__(self, location: str, row_id: str | None, field_name: str, problem: str):
-        self.location, self.row_id, self.field, self.problem = location, row_id, field_name, problem
-        rid = f"row {row_id}" if row_id else "row"
-        super().__init__(f"{location}: {rid}: field '{field_name}': {problem}")
-
-
-@dataclass(frozen=True)
-class Record:
-    """One validated MMECInstruct row.
-
-    Attributes:
-        id: Stable row id (the source's ``id``, else a content hash).
-        task: Task code.
-        split: Canonical split (``train``, ``val``, ``test_ind``, ``test_ood``).
-        instruction: Task instruction.
-        input: Parsed ``input`` (a dict, or the list of history items for sr). Do not mutate.
-        options: Parsed ``options``, or ``None`` when the row has none (field absent or null).
-        output: Gold answer.
-        images: Image URL or path per product, in order (sr: history items, then options).
-        captions: Parsed ``caption_info`` (same order as ``images``), or ``None`` if absent.
-        location: Where the row came from (``file:line``), for messages.
-        extras: Columns outside the schema, kept as they are.
-    """
-
-    id: str
-    task: str
-    split: str
-    instruction: str
-    input: Any
-    options: tuple[str, ...] | None
-    output: str
-    images: tuple[str, ...]
-    captions: tuple[str | None, ...] | None
-    location: str
-    extras: dict[str, Any] = field(default_factory=dict, compare=False)
-
-    @property
-    def task_spec(self) -> Task:
-        """The task's definition."""
-        return TASKS[self.task]
-
-    def labels(self) -> tuple[str, ...]:
-        """The answers valid for this row: option labels, or the task's fixed labels."""
-        if self.options:
-            return tuple(option_label(o) for o in self.options)
-        return self.task_spec.fixed_labels or ()
 
 
 @dataclass

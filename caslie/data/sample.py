@@ -21,12 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from caslie.cache import VoteCache, text_hash
 from caslie.config import PAPER_VOTERS
+from caslie.data.cache import VoteCache, text_hash
 from caslie.data.catalog import (
     INDOMAIN_CATEGORIES,
     OOD_CATEGORIES,
@@ -36,6 +37,7 @@ from caslie.data.catalog import (
     TOOLS,
     Product,
 )
+from caslie.data.records import content_id
 from caslie.tasks import TASKS
 
 LETTERS = "ABCDEFGHIJ"
@@ -377,8 +379,6 @@ def write_votes(
     rows: list[dict], folder: Path, seed: int = 11, voters: list[str] | None = None
 ) -> None:
     """Write a vote cache for ``rows`` (one shard per voter)."""
-    from caslie.data.records import content_id
-
     rng = random.Random(seed)
     cache = VoteCache(folder)
     writers = {v: cache.writer(v) for v in voters or PAPER_VOTERS}
@@ -417,8 +417,6 @@ def _write_rows(rows: list[dict], path: Path) -> None:
 
 def write_shipped(out: Path) -> None:
     """(Re)create the shipped sample folder: rows.jsonl, images/, votes/."""
-    import shutil
-
     rows = shipped_rows()
     _write_rows(rows, out / "rows.jsonl")
     write_images(out / "images")

@@ -14,13 +14,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 
 from caslie.config import Config
-from caslie.evaluation import finish_eval
-from caslie.resume import ExactResume
+from caslie.models.base import CaslieModule
+from caslie.pretrained import Checkpoint, load_model
 from caslie.tasks import CHOICE, TASKS
 
 log = logging.getLogger(__name__)
@@ -35,41 +34,47 @@ def _mean(vectors: list[torch.Tensor]) -> torch.Tensor:
     return F.normalize(torch.stack(vectors).mean(0), dim=-1)
 
 
-class FashionCLIPModule(ExactResume, L.LightningModule):
+class FashionCLIPModule(CaslieModule):
     """CLIP towers, one head per classification task, and option scoring for cc and sr.
+
+    The CLIP model loads in ``configure_model`` (weights always in fp32: the whole model trains),
+    and the heads are sized there to the label index the datamodule found (:meth:`bind`).
 
     Args:
         cfg: The run config (``model.name_or_path``: a CLIP checkpoint or ``tiny:clip``).
-        label_index: ``{task: {label: index}}`` of the classification tasks.
     """
 
-    def __init__(self, cfg: Config, label_index: dict[str, dict[str, int]]):
-        super().__init__()
+    def __init__(self, cfg: Config):
+        super().__init__(cfg)
+        self.label_index: dict[str, dict[str, int]] = {}
+        self.clip: Any = None
+        self.heads: torch.nn.ModuleDict | None = None
+        self._counts = {"truncated_texts": 0, "missing_images": 0}
+
+    def bind(self, datamodule: Any) -> None:
+        """Take ``{task: {label: index}}`` of the classification tasks from the datamodule."""
+        self.bind_labels(datamodule.label_index)
+
+    def bind_labels(self, label_index: dict[str, dict[str, int]]) -> None:
+        """Set the label index the heads are sized to (before ``configure_model``)."""
+        self.label_index = label_index
+        self._bound = True
+
+    def configure_model(self) -> None:
+        """Load CLIP and build one linear head per classification task (once)."""
+        if self.clip is not None:
+            return
         from transformers import CLIPModel
 
-        from caslie.offline import resolve_pretrained
-
-        self.cfg, self.label_index = cfg, label_index
-        self.clip = CLIPModel.from_pretrained(resolve_pretrained(cfg.model.name_or_path), dtype=torch.float32,
-                                              revision=cfg.model.revision)  # fmt: skip
+        self.clip = load_model(
+            Checkpoint.from_config(self.cfg.model, what="CLIP model"), CLIPModel, torch.float32
+        )
         self.clip.train()  # from_pretrained returns eval mode; the fit loop expects train mode
         dim = self.clip.config.projection_dim
         self.heads = torch.nn.ModuleDict({
             task: torch.nn.Linear(dim * TASKS[task].image_count({}, None) * 2, len(labels))
-            for task, labels in label_index.items()
+            for task, labels in self.label_index.items()
         })  # fmt: skip
-        self.eval_results: dict[str, Any] = {}
-        self._rows: list[dict] = []
-        self._counts = {"truncated_texts": 0, "missing_images": 0}
-        self.wandb_run_id: str | None = None
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["caslie"] = self.resume_state() | {"wandb_run_id": self.wandb_run_id}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        meta = checkpoint.get("caslie", {})
-        self.wandb_run_id = meta.get("wandb_run_id")
-        self.restore_resume_state(meta)
 
     def embed(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised text and image embeddings of the batch (missing images: zeros)."""
@@ -134,8 +139,8 @@ class FashionCLIPModule(ExactResume, L.LightningModule):
     def _collect(self, batch: dict[str, Any], logits: list[torch.Tensor]) -> None:
         self._counts["truncated_texts"] += batch["truncated_texts"]
         self._counts["missing_images"] += batch["missing_images"]
-        for row, lg in zip(batch["rows"], logits, strict=True):
-            self._rows.append(row["meta"] | {"generated": row["labels"][int(lg.argmax())]})
+        self.add_rows([row["meta"] | {"generated": row["labels"][int(lg.argmax())]}
+                       for row, lg in zip(batch["rows"], logits, strict=True)])  # fmt: skip
 
     def validation_step(
         self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
@@ -147,27 +152,10 @@ class FashionCLIPModule(ExactResume, L.LightningModule):
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         self._collect(batch, self(batch))
 
-    def on_validation_epoch_start(self) -> None:
-        self._rows = []
-
     def on_test_epoch_start(self) -> None:
-        self._rows, self._counts = [], {"truncated_texts": 0, "missing_images": 0}
+        super().on_test_epoch_start()
+        self._counts = {"truncated_texts": 0, "missing_images": 0}
 
-    def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking:
-            self._rows = []
-            return
-        finish_eval(self, self._rows, self.cfg.eval.parser)
-        self._rows = []
-
-    def on_test_epoch_end(self) -> None:
-        finish_eval(self, self._rows, self.cfg.eval.parser)
-        self.eval_results["counts"] = dict(self._counts)
-        self._rows = []
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        from caslie.optim import adamw_with_schedule
-
-        return adamw_with_schedule(
-            self.parameters(), self.cfg.optim, int(self.trainer.estimated_stepping_batches)
-        )
+    def eval_extras(self) -> dict[str, Any]:
+        """Truncated texts and missing images over the test splits."""
+        return {"counts": dict(self._counts)}

@@ -6,39 +6,15 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 
-from caslie.config import Config, ConfigError, ModelConfig
-from caslie.errors import NonFiniteLossError
-from caslie.evaluation import finish_eval
+from caslie.config import Config, ModelConfig
+from caslie.errors import CheckpointError, ConfigError, NonFiniteLossError
 from caslie.generation import LabelTrie, answer_budget, generate_answers, label_ids
-from caslie.optim import adamw_with_schedule
-from caslie.resume import ExactResume
+from caslie.models.base import CaslieModule, count_parameters
+from caslie.pretrained import Checkpoint, load_model
 
 log = logging.getLogger(__name__)
-
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-
-
-def resolve_dtype(name: str) -> torch.dtype:
-    """The weights dtype for ``model.dtype``: ``auto`` is bf16 on GPUs that have it, else fp16 on
-    older GPUs (with a warning) and fp32 on CPU."""
-    if name != "auto":
-        return DTYPES[name]
-    if torch.cuda.is_available():
-        if torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        log.warning(
-            "this GPU has no bf16: loading weights in float16 (set model.dtype to override)"
-        )
-        return torch.float16
-    return torch.float32
-
-
-def precision_for(dtype: torch.dtype) -> str:
-    """The Lightning precision that matches the weights dtype (``trainer.precision: auto``)."""
-    return {torch.bfloat16: "bf16-mixed", torch.float16: "16-mixed"}.get(dtype, "32-true")
 
 
 def linear_names(model: torch.nn.Module) -> list[str]:
@@ -77,18 +53,7 @@ def load_base_model(
     """Load the causal LM a model config names, sized to ``tokenizer``, pad token set."""
     from transformers import AutoModelForCausalLM
 
-    from caslie.offline import resolve_pretrained
-
-    kwargs: dict[str, Any] = {
-        "dtype": dtype or resolve_dtype(model_cfg.dtype),
-        "revision": model_cfg.revision,
-        "trust_remote_code": model_cfg.trust_remote_code,
-    }
-    if model_cfg.attn_implementation:
-        kwargs["attn_implementation"] = model_cfg.attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(
-        resolve_pretrained(model_cfg.name_or_path), **kwargs
-    )
+    model = load_model(Checkpoint.from_config(model_cfg), AutoModelForCausalLM, dtype)
     _fit_vocab(model, tokenizer)
     model.config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -133,41 +98,45 @@ def build_lora_model(
     return get_peft_model(model, lora)
 
 
-class LoRAInstructModule(ExactResume, L.LightningModule):
+class LoRAInstructModule(CaslieModule):
     """Instruction tuning with LoRA on answer tokens; evaluation by batched greedy generation.
 
     The model is built in ``configure_model`` (so strategies can shard it). Checkpoints hold only the
     adapter weights plus optimiser, scheduler, loop and RNG state. Validation computes the teacher-
     forced loss (loader 0) and, with ``eval.generate_on_val``, generates answers (loader 1); testing
-    generates on every evaluation split. After each evaluation epoch, ``self.eval_results`` holds
-    ``{"metrics": {split: {task: ...}}, "rows": [...]}`` (every row once, on every rank).
+    generates on every evaluation split. The label tries and answer budgets come from the
+    datamodule's labels (:meth:`bind`).
 
     Args:
         cfg: The run config.
         tokenizer: The tokenizer (pad token distinct from EOS).
-        labels: ``{task: labels}`` the model may answer (sizes generation, builds constraints).
         run_dir: Where non-finite-loss checkpoints go.
     """
 
-    def __init__(
-        self, cfg: Config, tokenizer: Any, labels: dict[str, set[str]], run_dir: Path | None = None
-    ):
-        super().__init__()
+    def __init__(self, cfg: Config, tokenizer: Any, run_dir: Path | None = None):
+        super().__init__(cfg, run_dir)
         if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
             raise ValueError(
-                "the tokenizer needs a pad token distinct from EOS (caslie.offline.load_tokenizer)"
+                "the tokenizer needs a pad token distinct from EOS (caslie.pretrained.load_tokenizer)"
             )
-        self.cfg, self.tokenizer, self.run_dir = cfg, tokenizer, run_dir
+        self.tokenizer = tokenizer
         self.model: Any = None
         self.strict_loading = False  # checkpoints hold the adapter only
-        self.eval_results: dict[str, Any] = {}
-        self.wandb_run_id: str | None = None
-        self._rows: list[dict] = []
+        self._tries: dict[str, LabelTrie] = {}
+        self._budget: dict[str, int] = {}
+
+    def bind(self, datamodule: Any) -> None:
+        """Label tries (constrained decoding) and answer budgets from the datamodule's labels."""
+        self.bind_labels(datamodule.labels)
+
+    def bind_labels(self, labels: dict[str, Any]) -> None:
+        """Build the generation tables from ``{task: labels the model may answer}``."""
+        tok = self.tokenizer
         self._tries = {
-            task: LabelTrie(label_ids(tokenizer, labs), tokenizer.eos_token_id)
-            for task, labs in labels.items()
+            task: LabelTrie(label_ids(tok, labs), tok.eos_token_id) for task, labs in labels.items()
         }
-        self._budget = {task: answer_budget(tokenizer, labs) for task, labs in labels.items()}
+        self._budget = {task: answer_budget(tok, labs) for task, labs in labels.items()}
+        self._bound = True
 
     # ---------------------------------------------------------------------------------------- model
 
@@ -176,8 +145,7 @@ class LoRAInstructModule(ExactResume, L.LightningModule):
         if self.model is None:
             self.model = build_lora_model(self.cfg.model, self.tokenizer)
             self.model.train()  # from_pretrained returns eval mode; the loop expects train mode
-            n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-            n_all = sum(p.numel() for p in self.model.parameters())
+            n_train, n_all = count_parameters(self.model)
             log.info(
                 "LoRA: %d trainable of %d parameters (%.3f%%)",
                 n_train,
@@ -189,25 +157,20 @@ class LoRAInstructModule(ExactResume, L.LightningModule):
         """State-dict keys of the adapter weights."""
         return {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+    def keep_in_checkpoint(self, state_dict: dict[str, Any]) -> dict[str, Any]:
         keep = self.trainable_keys()
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
-        checkpoint["caslie"] = self.resume_state() | {
-            "base_model": self.cfg.model.name_or_path,
-            "vocab": len(self.tokenizer),
-            "wandb_run_id": self.wandb_run_id,
-        }
+        return {k: v for k, v in state_dict.items() if k in keep}
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {"base_model": self.cfg.model.name_or_path, "vocab": len(self.tokenizer)}
+
+    def check_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         missing = self.trainable_keys() - set(checkpoint["state_dict"])
         if missing:
-            raise ValueError(
+            raise CheckpointError(
                 f"the checkpoint lacks {len(missing)} adapter weights of this model (e.g. "
                 f"{sorted(missing)[0]}); it was saved for another model or LoRA config"
             )
-        meta = checkpoint.get("caslie", {})
-        self.wandb_run_id = meta.get("wandb_run_id")
-        self.restore_resume_state(meta)
 
     # ------------------------------------------------------------------------------------- training
 
@@ -250,13 +213,10 @@ class LoRAInstructModule(ExactResume, L.LightningModule):
         if norms:
             self.log("train/grad_norm", torch.stack(norms).norm())
 
-    def configure_optimizers(self) -> dict[str, Any]:
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        return adamw_with_schedule(
-            params, self.cfg.optim, int(self.trainer.estimated_stepping_batches)
-        )
-
     # ----------------------------------------------------------------------------------- evaluation
+
+    def scores_val(self) -> bool:
+        return self.cfg.eval.generate_on_val
 
     def _generate(self, batch: dict[str, Any]) -> list[str]:
         budget = self.cfg.eval.max_new_tokens or max(self._budget.get(t, 8) for t in batch["task"])
@@ -266,8 +226,13 @@ class LoRAInstructModule(ExactResume, L.LightningModule):
         )
 
     def _collect(self, batch: dict[str, Any]) -> None:
-        for meta, text in zip(batch["meta"], self._generate(batch), strict=True):
-            self._rows.append(meta | {"generated": text})
+        generated = self._generate(batch)
+        self.add_rows(
+            [
+                meta | {"generated": text}
+                for meta, text in zip(batch["meta"], generated, strict=True)
+            ]
+        )
 
     def validation_step(
         self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
@@ -280,22 +245,3 @@ class LoRAInstructModule(ExactResume, L.LightningModule):
 
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         self._collect(batch)
-
-    def on_validation_epoch_start(self) -> None:
-        self._rows = []
-
-    def on_test_epoch_start(self) -> None:
-        self._rows = []
-
-    def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking or not self.cfg.eval.generate_on_val:
-            self._rows = []
-            return
-        self._finish_eval()
-
-    def on_test_epoch_end(self) -> None:
-        self._finish_eval()
-
-    def _finish_eval(self) -> None:
-        finish_eval(self, self._rows, self.cfg.eval.parser)
-        self._rows = []

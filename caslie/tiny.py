@@ -1,9 +1,10 @@
-"""Offline tiny models: ``tiny:mistral`` and ``tiny:llama`` built locally, no network.
+"""Offline tiny models (``tiny:mistral``, ``tiny:llama``, ``tiny:llava``, ``tiny:clip``...), no network.
 
 A tiny model is a randomly initialised transformers model of the named architecture with a BPE
 tokenizer trained on the shipped sample's text. It is built once, saved with ``save_pretrained``
 under ``$CASLIE_CACHE/tiny/<name>`` (default ``~/.cache/caslie``), and from then on loaded with the
-same ``from_pretrained`` calls a hub id goes through.
+same ``from_pretrained`` calls a hub id goes through. Only :mod:`caslie.pretrained` reaches this
+module, when it resolves a ``tiny:<name>`` id; tests and demos use it through that resolver.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from caslie.hub import require_hub
+from caslie.config import DataConfig
+from caslie.data.records import SAMPLE_ROWS, load_records
+from caslie.prompts import MISTRAL_WITH_OPTIONS, cqe_prompt
 
 SPECIAL_MISTRAL = ["<unk>", "<s>", "</s>", "<pad>"]
 SPECIAL_LLAMA = ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>", "<|start_header_id|>",
@@ -76,9 +79,6 @@ def cache_root() -> Path:
 
 def _corpus() -> list[str]:
     """Training text for the tokenizer: the sample's rows as prompts would show them."""
-    from caslie.data.records import SAMPLE_ROWS
-    from caslie.prompts import MISTRAL_WITH_OPTIONS
-
     texts = [MISTRAL_WITH_OPTIONS]
     with SAMPLE_ROWS.open(encoding="utf-8") as fh:
         for line in fh:
@@ -167,10 +167,6 @@ def build_model(name: str, tokenizer, seed: int = 0):
 
 def _calibration_prompts(tokenizer) -> list[str]:
     """CQE prompts for the sample's captions, in the tokenizer's chat template."""
-    from caslie.config import DataConfig
-    from caslie.cqe import cqe_prompt
-    from caslie.data.records import load_records
-
     records, _ = load_records(DataConfig(source="sample"), splits=["train", "val"])
     prompts = [cqe_prompt(r, j, c) for r in records for j, c in enumerate(r.captions or ()) if c]
     return [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
@@ -276,8 +272,8 @@ def build_clip(seed: int = 0):
 
 def ensure_tiny(name: str) -> Path:
     """Build ``tiny:<name>`` once (atomically) and return its folder."""
-    if name not in TINY:
-        raise ValueError(f"unknown tiny model 'tiny:{name}' (available: {', '.join(TINY)})")
+    if name not in TINY:  # resolve_pretrained names the setting; this guards direct calls
+        raise KeyError(f"unknown tiny model 'tiny:{name}' (available: {', '.join(TINY)})")
     target = cache_root() / "tiny" / name
     if (target / "config.json").is_file():
         return target
@@ -301,53 +297,3 @@ def ensure_tiny(name: str) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
-
-
-def resolve_pretrained(name_or_path: str, what: str = "model") -> str:
-    """Map a config's model id to what ``from_pretrained`` should load.
-
-    ``tiny:<name>`` is built locally; an existing folder is used as is; anything else is a hub id,
-    checked for reachability first so that offline machines fail at once with a clear message.
-
-    Raises:
-        FileNotFoundError: a local path that does not exist.
-        HubUnavailableError: a hub id while the hub cannot be reached.
-    """
-    if name_or_path.startswith("tiny:"):
-        return str(ensure_tiny(name_or_path.split(":", 1)[1]))
-    path = Path(name_or_path).expanduser()
-    if path.exists():
-        return str(path)
-    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
-        raise FileNotFoundError(f"{what} path '{name_or_path}' does not exist")
-    require_hub(
-        name_or_path, what, "set model.name_or_path to a local folder or a tiny:<name> model"
-    )
-    return name_or_path
-
-
-def tokenizer_for(model_cfg) -> object:
-    """The tokenizer a model config names (``model.tokenizer``, else the model's own)."""
-    return load_tokenizer(
-        model_cfg.tokenizer or model_cfg.name_or_path,
-        model_cfg.revision,
-        model_cfg.trust_remote_code,
-    )
-
-
-def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False):
-    """Load a tokenizer through ``AutoTokenizer`` (tiny, local or hub), with a pad token.
-
-    A tokenizer without a pad token gets a dedicated one (never EOS: a model trained with PAD == EOS
-    never learns to stop).
-    """
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(
-        resolve_pretrained(name_or_path, "tokenizer"),
-        revision=revision,
-        trust_remote_code=trust_remote_code,
-    )
-    if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
-        tok.add_special_tokens({"pad_token": "<|pad|>"})
-    return tok

@@ -1,11 +1,15 @@
+"""Caption fusion: mv, uia, none, single; votes tied to captions; byte-exact serialisation."""
+
 import json
 from pathlib import Path
 
 import pytest
+from conftest import GOLDEN_CASES, SPLIT_MAP, golden_row
 
-from caslie.cache import CaptionCache, VoteCache, text_hash
-from caslie.data.records import load_records
-from caslie.fusion import CoverageError, decide, fuse_records
+from caslie.data.cache import CaptionCache, VoteCache, text_hash
+from caslie.data.fusion import fuse_records, fuse_text, text_only
+from caslie.data.records import load_records, parse_row
+from caslie.errors import CoverageError
 
 TASKS = ["ap", "cc", "prp", "psi", "mpc", "sa", "sr"]
 
@@ -49,14 +53,6 @@ def test_uia_none_and_single(sample_config):
         for j, used in enumerate(ex.used):
             assert used == (ex.votes[j]["phi-3.5-mini-instruct"] == "yes")
             assert list(ex.votes[j]) == ["phi-3.5-mini-instruct"]
-
-
-def test_mv_over_a_voter_subset_and_tie_rule():
-    voters = ["a", "b"]
-    assert decide({"a": "yes", "b": "yes"}, voters, "no")
-    assert not decide({"a": "yes", "b": "no"}, voters, "no")
-    assert decide({"a": "yes", "b": "no"}, voters, "yes")
-    assert not decide({"a": "no", "b": "no", "c": "yes"}, voters, "yes")  # c is not consulted
 
 
 def test_missing_votes_fail_before_training_naming_the_command(sample_config, tmp_path: Path):
@@ -139,3 +135,26 @@ def test_rows_without_caption_info_raise_or_are_skipped(sample_config, tmp_path,
     )
     assert len(examples) == len(rows) - 1
     assert report.skipped["caption_info missing"] == 1
+
+
+@pytest.mark.parametrize("task", list(GOLDEN_CASES))
+def test_rejected_captions_become_null_or_are_left_out(task):
+    raw, _, _ = GOLDEN_CASES[task]
+    record = parse_row(raw, "golden", SPLIT_MAP)
+    n = len(record.images)
+    input_text, options_text = fuse_text(record, record.captions, [False] * n)
+    if task == "sr":  # sr items are left as they were
+        assert input_text == json.dumps(record.input)
+        assert options_text == json.dumps(list(record.options))
+    else:
+        parsed = json.loads(input_text)
+        keys = [k for k in parsed if "extracted from image" in k]
+        assert keys and all(parsed[k] is None for k in keys)
+        assert input_text.endswith(": null}")
+
+
+def test_text_only_reserialises_with_python_defaults():
+    raw = golden_row("sa", {"review": "caf\u00e9,  spaced"}, ["A: x"], "A", 1)
+    raw["input"] = '{"review":"caf\u00e9,  spaced"}'  # compact, unescaped in the source
+    record = parse_row(raw, "golden", SPLIT_MAP)
+    assert text_only(record) == ('{"review": "caf\\u00e9,  spaced"}', '["A: x"]')

@@ -27,11 +27,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from caslie.errors import CacheError
+
 log = logging.getLogger(__name__)
-
-
-class CacheError(RuntimeError):
-    """A cache that cannot be read (corrupt line inside a shard, missing folder)."""
 
 
 def text_hash(text: str) -> str:

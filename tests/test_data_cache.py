@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from caslie.cache import CacheError, CaptionCache, ShardWriter, VoteCache, read_shards
+from caslie.data.cache import CaptionCache, ShardWriter, VoteCache, read_shards
+from caslie.errors import CacheError
 
 
 def _caption(row_id: str, idx: int, text: str, status: str = "ok", ts: float | None = None) -> dict:
@@ -105,7 +106,7 @@ def test_concurrent_writers_never_clash(tmp_path: Path):
 
 _KILLED_WRITER = """
 import sys
-from caslie.cache import ShardWriter
+from caslie.data.cache import ShardWriter
 w = ShardWriter(sys.argv[1])
 i = 0
 while True:

@@ -19,11 +19,13 @@ import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from caslie.cache import CaptionCache, VoteCache, text_hash
 from caslie.config import DataConfig
-from caslie.data.records import DataError, Record
+from caslie.data.cache import text_hash
+from caslie.data.captions import CaptionSource
+from caslie.data.votes import decide, open_votes
+from caslie.errors import CoverageError
+from caslie.record import Record
 from caslie.tasks import TASK_CODES
 
 SINGLE_KEY = "product information extracted from image"
@@ -31,10 +33,6 @@ PRP_KEYS = (
     "product 1 information extracted from image",
     "product 2 information extracted from image",
 )
-
-
-class CoverageError(DataError):
-    """Votes (or captions) are missing for rows the run needs."""
 
 
 @dataclass(frozen=True)
@@ -128,34 +126,6 @@ def text_only(record: Record) -> tuple[str, str | None]:
     return json.dumps(record.input), options
 
 
-def decide(votes: dict[str, str], voters: Sequence[str], tie: str) -> bool:
-    """Majority of ``voters``: more yes than no keeps the caption; a tie goes to ``tie``."""
-    yes = sum(votes[v] == "yes" for v in voters)
-    no = len(voters) - yes
-    return yes > no or (yes == no and tie == "yes")
-
-
-class CaptionSource:
-    """Captions per record: the rows' ``caption_info`` or a caption cache."""
-
-    def __init__(self, cfg: DataConfig):
-        self.from_dataset = cfg.captions == "dataset"
-        self._cache = {}
-        if not self.from_dataset:
-            self._cache = CaptionCache(cfg.captions).load(model=cfg.caption_model)
-
-    def get(self, record: Record) -> tuple[str | None, ...] | None:
-        """Captions per image slot, or ``None`` when the dataset row has no ``caption_info``."""
-        if self.from_dataset:
-            return record.captions
-        out = []
-        for j in range(len(record.images)):
-            entry = self._cache.get((record.id, j))
-            ok = entry is not None and entry.get("status", "ok") == "ok"
-            out.append(entry["caption"] if ok else None)
-        return tuple(out)
-
-
 def fuse_records(
     records: Sequence[Record], cfg: DataConfig
 ) -> tuple[list[FusedExample], FusionReport]:
@@ -181,7 +151,7 @@ def fuse_records(
 
     captions = CaptionSource(cfg)
     voters = cfg.fusion_voters
-    vote_tables = _load_votes(cfg, voters) if voters else {}
+    tables = open_votes(cfg, voters) if voters else None
     missing: Counter = Counter()
     missing_examples: list[str] = []
     out = []
@@ -199,13 +169,10 @@ def fuse_records(
         used, votes = [], []
         for j, cap in enumerate(caps):
             slot_votes: dict[str, str] = {}
-            if cap is not None and cap.strip():
-                sha = text_hash(cap)
-                for v in voters:
-                    entry = vote_tables[v].get((r.id, j, sha))
-                    if entry is not None:
-                        slot_votes[v] = entry["vote"]
-                        continue
+            if tables is not None and cap is not None and cap.strip():
+                key = (r.id, j, text_hash(cap))
+                slot_votes = tables.votes(key)
+                for v in tables.missing(key):
                     missing[v] += 1
                     if len(missing_examples) < 3 and f"{r.id}[{j}]" not in missing_examples:
                         missing_examples.append(f"{r.id}[{j}]")
@@ -229,18 +196,3 @@ def fuse_records(
             f"data.source={cfg.source} data.votes={cfg.votes}"
         )
     return out, report
-
-
-def _load_votes(cfg: DataConfig, voters: Sequence[str]) -> dict[str, dict]:
-    if not cfg.votes:
-        raise CoverageError(
-            f"data.fusion={cfg.fusion} needs votes: set data.votes to a vote cache folder "
-            f"(filled by `caslie vote`), or use data.fusion=uia or none"
-        )
-    cache = VoteCache(Path(cfg.votes))
-    if not cache.folder.is_dir():
-        raise CoverageError(
-            f"vote cache {cfg.votes} does not exist. Produce it with: caslie vote --config "
-            f"configs/cqe/paper.yaml data.source={cfg.source} data.votes={cfg.votes}"
-        )
-    return {v: cache.load(v) for v in voters}

@@ -3,9 +3,9 @@ from collections import Counter
 from pathlib import Path
 
 from caslie.config import load_config
+from caslie.data.fusion import fuse_records
 from caslie.data.records import load_records, parse_row
 from caslie.data.sample import synthetic_rows, write_shipped
-from caslie.fusion import fuse_records
 
 REPO = Path(__file__).resolve().parents[1]
 SPLIT_MAP = load_config().data.split_map

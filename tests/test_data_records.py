@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from conftest import write_jsonl
 
-from caslie.data.records import DataError, RowError, load_records
-from caslie.hub import HubUnavailableError
+from caslie.data.records import load_records
+from caslie.errors import DataError, HubUnavailableError, RowError
 
 
 def test_sample_loads_every_task_and_split(sample_config):

@@ -1,0 +1,176 @@
+"""CaslieModule: what every caslie LightningModule shares, so a model family holds only what differs.
+
+* **Data-dependent tables** (label tries, answer budgets, classification heads) are built in
+  :meth:`bind` from the datamodule, which ``setup()`` hands over once its data is ready: the data
+  build runs in the datamodule's ``prepare_data`` (once per node), never before the Trainer exists.
+* **Evaluation**: steps add prediction rows (``id``, ``split``, ``task``, ``gold``, ``generated``...);
+  at the end of an evaluation epoch the rows of every rank are gathered, each row counted once,
+  parsed, scored and logged as ``<split>/<task>/<metric>`` and ``<split>/primary_mean``.
+  ``self.eval_results`` then holds ``{"metrics", "rows"}`` (plus :meth:`eval_extras`).
+* **Checkpoints** carry ``checkpoint["caslie"]``: the W&B run id, the exact-resume state (epoch,
+  batches done, RNG) and :meth:`checkpoint_meta`.
+* **Exact resume**: Lightning restores weights, optimiser, scheduler and loop counters. It cannot
+  restore the data position (the batch samplers are built before the checkpoint is read), so the
+  datamodule is told where the epoch stood (``resume_at``), and the saved RNG state is put back at
+  the first training batch, where the uninterrupted run would be.
+* **Optimisation**: AdamW with warm-up and cosine decay over the parameters that train.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from caslie.config import Config
+from caslie.evaluation import gather_rows, score_rows
+from caslie.optim import adamw_with_schedule
+from caslie.resume import rng_state, set_rng_state
+
+
+class CaslieModule(L.LightningModule):
+    """Base class of the LoRA and FashionCLIP modules.
+
+    Args:
+        cfg: The run config.
+        run_dir: The run folder (where emergency checkpoints go), if any.
+    """
+
+    def __init__(self, cfg: Config, run_dir: Path | None = None):
+        super().__init__()
+        self.cfg, self.run_dir = cfg, run_dir
+        self.eval_results: dict[str, Any] = {}
+        self.wandb_run_id: str | None = None
+        self._rows: list[dict[str, Any]] = []
+        self._pending_rng: dict[str, Any] | None = None
+        self._bound = False
+
+    # ------------------------------------------------------------------------------ data binding
+
+    def setup(self, stage: str) -> None:
+        """Bind the datamodule's tables once; seed before a fit builds the weights.
+
+        The seed is set here, after the data build, so that a cold build and a cache hit leave the
+        same random state for the weights that ``configure_model`` initialises next.
+        """
+        if not self._bound:
+            self.bind(self.trainer.datamodule)
+            self._bound = True
+        if stage == "fit":
+            L.seed_everything(self.cfg.run.seed, workers=True, verbose=False)
+
+    def bind(self, datamodule: Any) -> None:
+        """Build what depends on the data (label tables, heads); also callable without a Trainer."""
+        self._bound = True
+
+    # ------------------------------------------------------------------------------- checkpoints
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """Model-specific entries for ``checkpoint["caslie"]``."""
+        return {}
+
+    def keep_in_checkpoint(self, state_dict: dict[str, Any]) -> dict[str, Any]:
+        """The weights a checkpoint stores (all of them; adapter models keep only the adapter)."""
+        return state_dict
+
+    def check_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint that does not fit this model (raise :class:`CheckpointError`)."""
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"] = self.keep_in_checkpoint(checkpoint["state_dict"])
+        checkpoint["caslie"] = (
+            self.resume_state() | {"wandb_run_id": self.wandb_run_id} | self.checkpoint_meta()
+        )
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.check_checkpoint(checkpoint)
+        meta = checkpoint.get("caslie", {})
+        self.wandb_run_id = meta.get("wandb_run_id")
+        self.restore_resume_state(meta)
+
+    # ------------------------------------------------------------------------------ exact resume
+
+    def resume_state(self) -> dict[str, Any]:
+        """Where training stands: epoch, batches done in it, RNG state."""
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
+        return {
+            "epoch": self.trainer.current_epoch,
+            "batches_done": progress.processed,
+            "rng": rng_state(),
+        }
+
+    def restore_resume_state(self, meta: dict[str, Any]) -> None:
+        """Tell the datamodule where to start; keep the RNG state for the next training batch."""
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        if "batches_done" in meta and datamodule is not None:
+            datamodule.resume_at(meta["epoch"], meta["batches_done"])
+        self._pending_rng = meta.get("rng")
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        rng, self._pending_rng = self._pending_rng, None
+        if rng:
+            set_rng_state(rng)
+
+    # -------------------------------------------------------------------------------- evaluation
+
+    def scores_val(self) -> bool:
+        """Whether validation produces prediction rows to score (else only its loss counts)."""
+        return True
+
+    def add_rows(self, rows: list[dict[str, Any]]) -> None:
+        """Keep this rank's prediction rows of the running evaluation epoch."""
+        self._rows.extend(rows)
+
+    def eval_extras(self) -> dict[str, Any]:
+        """Entries added to ``eval_results`` after a test (counts a model keeps)."""
+        return {}
+
+    def on_validation_epoch_start(self) -> None:
+        self._rows = []
+
+    def on_test_epoch_start(self) -> None:
+        self._rows = []
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking and self.scores_val():
+            self.finish_eval()
+        self._rows = []
+
+    def on_test_epoch_end(self) -> None:
+        self.finish_eval()
+        self.eval_results |= self.eval_extras()
+        self._rows = []
+
+    def finish_eval(self) -> dict[str, Any]:
+        """Gather rows over ranks, score them, log the metrics; every rank gets the same metrics
+        (so checkpoint monitors agree). Returns ``{split: {task: metrics}}``."""
+        rows = gather_rows(self._rows)
+        metrics = score_rows(rows, self.cfg.eval.parser)
+        self.eval_results = {"metrics": metrics, "rows": rows}
+        # Every rank already holds the same values: no reduction, hence no sync_dist.
+        for split, per_task in metrics.items():
+            for task, values in per_task.items():
+                if task == "primary_mean":
+                    if values is not None:
+                        self.log(f"{split}/primary_mean", float(values), add_dataloader_idx=False)
+                    continue
+                for name, value in values.items():
+                    if isinstance(value, (int, float)) and name != "primary":
+                        self.log(f"{split}/{task}/{name}", float(value), add_dataloader_idx=False)
+        return metrics
+
+    # ------------------------------------------------------------------------------ optimisation
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [p for p in self.parameters() if p.requires_grad]
+        return adamw_with_schedule(
+            params, self.cfg.optim, int(self.trainer.estimated_stepping_batches)
+        )
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, all) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())

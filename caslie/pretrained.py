@@ -1,0 +1,200 @@
+"""The one home for pretrained loading: resolve a checkpoint name, then load its parts alike.
+
+Every model the project runs (the LoRA base, the CLIP baseline, EC3 captioners, CQE voters) is named
+by a :class:`Checkpoint` and loaded here, with the same keyword arguments: ``dtype``, ``revision``,
+``attn_implementation`` and ``trust_remote_code``. A name resolves to:
+
+* ``tiny:<name>``: a tiny random model built locally by :mod:`caslie.tiny` (tests, demos);
+* an existing folder: used as it is;
+* anything else: a hub id, checked for reachability first, so an offline machine fails within
+  seconds with a message that names the id.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from caslie import tiny
+from caslie.errors import ConfigError, MissingPathError
+from caslie.hub import require_hub
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+"""``model.dtype`` names and their torch dtypes (``auto`` is decided by :func:`resolve_dtype`)."""
+
+PAD_TOKEN = "<|pad|>"
+"""The pad token added to a training tokenizer that has none (or only EOS)."""
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """The weights dtype for a ``dtype`` setting: ``auto`` is bf16 on GPUs that have it, else fp16
+    on older GPUs (with a warning) and fp32 on CPU."""
+    if name != "auto":
+        return DTYPES[name]
+    if torch.cuda.is_available():
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        log.warning(
+            "this GPU has no bf16: loading weights in float16 (set model.dtype to override)"
+        )
+        return torch.float16
+    return torch.float32
+
+
+def precision_for(dtype: torch.dtype) -> str:
+    """The Lightning precision that matches the weights dtype (``trainer.precision: auto``)."""
+    return {torch.bfloat16: "bf16-mixed", torch.float16: "16-mixed"}.get(dtype, "32-true")
+
+
+def resolve_pretrained(name_or_path: str, what: str = "model") -> str:
+    """Map a config's model id to what ``from_pretrained`` should load.
+
+    Raises:
+        MissingPathError: a local path that does not exist.
+        ConfigError: an unknown ``tiny:<name>``.
+        HubUnavailableError: a hub id while the hub cannot be reached.
+    """
+    if name_or_path.startswith("tiny:"):
+        name = name_or_path.split(":", 1)[1]
+        if name not in tiny.TINY:
+            raise ConfigError(
+                f"unknown tiny model 'tiny:{name}' for {what} (available: "
+                f"{', '.join('tiny:' + n for n in tiny.TINY)})"
+            )
+        return str(tiny.ensure_tiny(name))
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return str(path)
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        raise MissingPathError(f"{what} path '{name_or_path}' does not exist")
+    require_hub(
+        name_or_path, what, "set model.name_or_path to a local folder or a tiny:<name> model"
+    )
+    return name_or_path
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A pretrained checkpoint and how to load it.
+
+    Attributes:
+        name_or_path: Hub id, local folder, or ``tiny:<name>``.
+        revision: Hub revision (branch, tag or commit) to pin.
+        dtype: ``auto``, ``bfloat16``, ``float16`` or ``float32``.
+        attn_implementation: Attention kernel, or ``None`` for the library default.
+        trust_remote_code: Allow model code from the hub.
+        what: What the checkpoint is for, in messages (``voter 'x'``, ``captioning model``).
+    """
+
+    name_or_path: str
+    revision: str | None = None
+    dtype: str = "auto"
+    attn_implementation: str | None = None
+    trust_remote_code: bool = False
+    what: str = "model"
+
+    @classmethod
+    def from_config(cls, section: Any, name_or_path: str | None = None, what: str = "model"):
+        """A checkpoint from a config section (``model``, ``caption`` or ``cqe``): the fields it
+        has are used, the others keep their defaults."""
+        return cls(
+            name_or_path=name_or_path or section.name_or_path,
+            revision=getattr(section, "revision", None),
+            dtype=getattr(section, "dtype", "auto"),
+            attn_implementation=getattr(section, "attn_implementation", None),
+            trust_remote_code=getattr(section, "trust_remote_code", False),
+            what=what,
+        )
+
+    def path(self) -> str:
+        """What ``from_pretrained`` loads (see :func:`resolve_pretrained`)."""
+        return resolve_pretrained(self.name_or_path, self.what)
+
+    def common_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments every ``from_pretrained`` call of this checkpoint takes."""
+        return {"revision": self.revision, "trust_remote_code": self.trust_remote_code}
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for loading the model's weights."""
+        kwargs = self.common_kwargs() | {"dtype": resolve_dtype(self.dtype)}
+        if self.attn_implementation:
+            kwargs["attn_implementation"] = self.attn_implementation
+        return kwargs
+
+
+def load_model(ckpt: Checkpoint, auto_class: Any, dtype: torch.dtype | None = None) -> Any:
+    """Load the weights with ``auto_class.from_pretrained`` (``AutoModelForCausalLM``, ``CLIPModel``...).
+
+    Args:
+        ckpt: The checkpoint.
+        auto_class: A transformers class with ``from_pretrained``.
+        dtype: Overrides the checkpoint's dtype setting.
+    """
+    kwargs = ckpt.model_kwargs()
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    return auto_class.from_pretrained(ckpt.path(), **kwargs)
+
+
+def model_config(ckpt: Checkpoint) -> Any:
+    """The checkpoint's transformers config (``AutoConfig``), without loading weights."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(ckpt.path(), **ckpt.common_kwargs())
+
+
+def load_processor(ckpt: Checkpoint) -> Any:
+    """The checkpoint's processor (``AutoProcessor``: tokenizer plus image processor)."""
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(ckpt.path(), **ckpt.common_kwargs())
+
+
+def load_tokenizer(ckpt: Checkpoint | str, pad: str = "distinct") -> Any:
+    """The checkpoint's tokenizer (``AutoTokenizer``) with a pad token.
+
+    Args:
+        ckpt: The checkpoint (or a bare name, loaded with default settings).
+        pad: ``distinct`` for training: a tokenizer without a pad token, or whose pad is EOS, gets
+            :data:`PAD_TOKEN` (a model trained with PAD == EOS never learns to stop). ``eos`` for
+            generation only: padding is masked out, so EOS may pad and the vocabulary stays as is.
+    """
+    from transformers import AutoTokenizer
+
+    if isinstance(ckpt, str):
+        ckpt = Checkpoint(ckpt, what="tokenizer")
+    tok = AutoTokenizer.from_pretrained(ckpt.path(), **ckpt.common_kwargs())
+    if pad == "eos":
+        pad_for_generation(tok)
+    else:
+        pad_for_training(tok)
+    return tok
+
+
+def pad_for_training(tokenizer: Any) -> None:
+    """Give ``tokenizer`` a pad token distinct from EOS (added when missing)."""
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+
+
+def pad_for_generation(tokenizer: Any) -> None:
+    """Left padding for batched generation; EOS pads when there is no pad token."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def tokenizer_for(model_cfg: Any) -> Any:
+    """The training tokenizer a ``model`` config section names (``model.tokenizer``, else the
+    model's own)."""
+    return load_tokenizer(
+        Checkpoint.from_config(
+            model_cfg, model_cfg.tokenizer or model_cfg.name_or_path, what="tokenizer"
+        )
+    )

@@ -1,0 +1,145 @@
+"""The run folder ``<run.output_dir>/<run.name>``: its name, and the files a run keeps beside its
+checkpoints (config, data manifest, W&B run id), written by rank zero only and atomically.
+
+Every rank of a job runs the same code before the Trainer exists, so a file written there must be
+written once (rank zero) and never be seen half-written by a reader (a unique temporary file in
+the same folder, then an atomic rename).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+import string
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.utilities import rank_zero_only
+
+from caslie.config import RESTART_KEYS, Config, changed_keys, to_yaml
+from caslie.errors import ConfigError
+
+AUTO_NAME = "auto"
+"""``run.name`` value that names the run after its config file and overrides."""
+
+WANDB_ID_FILE = "wandb_run_id"
+MAX_NAME = 96
+
+
+def is_rank_zero() -> bool:
+    """Whether this process is the job's global rank zero (Lightning reads the launcher's env)."""
+    return rank_zero_only.rank == 0
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a unique temporary file and an atomic rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_rank_zero(path: Path, payload: Any) -> None:
+    """Write ``payload`` as indented JSON, on rank zero only, atomically."""
+    if is_rank_zero():
+        write_atomic(path, json.dumps(payload, indent=2) + "\n")
+
+
+def save_config(cfg: Config, run_dir: str | Path, allow_change: bool = False) -> Path:
+    """Check the run folder's ``config.yaml`` against ``cfg`` (every rank), and write it (rank zero).
+
+    A run folder that already holds a different config is refused (resuming with other settings
+    silently mixes two experiments) unless ``allow_change`` is set.
+
+    Raises:
+        ConfigError: naming the changed keys.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / "config.yaml"
+    text = to_yaml(cfg)
+    if path.exists() and not allow_change:
+        diff = changed_keys(path.read_text(encoding="utf-8"), text)
+        if diff:
+            raise ConfigError(
+                f"run folder {run_dir} already holds a different config (changed: "
+                f"{', '.join(diff[:8])}); choose another run.name or delete the folder"
+            )
+    if is_rank_zero():
+        write_atomic(path, text)
+    return path
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "x"
+
+
+def auto_run_name(config_path: str | Path | None, overrides: Sequence[str]) -> str:
+    """A readable, unique name from the config file's stem and the overrides.
+
+    ``configs/mistral_mv.yaml`` with ``optim.lr=2e-4 model.lora_r=8`` gives
+    ``mistral_mv-lr2e-4-lora_r8``: each override as its last key part and value. A name longer than
+    :data:`MAX_NAME` is cut and ends with a hash of all the overrides, so it stays unique.
+    """
+    stem = Path(config_path).stem if config_path else "caslie"
+    parts = [stem]
+    for item in overrides:
+        key, _, value = item.removeprefix("--").partition("=")
+        if key == "run.name" or key in RESTART_KEYS:  # a restart stays the same run
+            continue
+        parts.append(_slug(key.rsplit(".", 1)[-1] + value))
+    name = "-".join(parts)
+    if len(name) > MAX_NAME:
+        digest = hashlib.blake2b("\0".join(overrides).encode(), digest_size=4).hexdigest()
+        name = f"{name[: MAX_NAME - 9].rstrip('-.')}-{digest}"
+    return name
+
+
+def sweep_run_id(environ: Mapping[str, str] = os.environ) -> str | None:
+    """The run id a W&B sweep agent gave this process, or ``None`` outside a sweep.
+
+    The agent starts each trial with ``WANDB_SWEEP_ID`` and ``WANDB_RUN_ID`` set, and wandb uses
+    that id whatever id the code passes.
+    """
+    if environ.get("WANDB_SWEEP_ID") and environ.get("WANDB_RUN_ID"):
+        return environ["WANDB_RUN_ID"]
+    return None
+
+
+def resolve_run_name(cfg: Config, environ: Mapping[str, str] = os.environ) -> str:
+    """Fix ``cfg.run.name`` for this process and return it.
+
+    ``auto`` left unresolved by the command line becomes ``auto-<hash of the config>``. Inside a
+    W&B sweep, each trial gets its own folder: ``<run.name>-<agent run id>``.
+    """
+    name = cfg.run.name
+    if name == AUTO_NAME:
+        name = f"auto-{hashlib.blake2b(to_yaml(cfg).encode(), digest_size=4).hexdigest()}"
+    agent_id = sweep_run_id(environ)
+    if agent_id and not name.endswith(f"-{agent_id}"):
+        name = f"{name}-{_slug(agent_id)}"
+    cfg.run.name = name
+    return name
+
+
+def wandb_run_id(run_dir: Path, resuming: bool, environ: Mapping[str, str] = os.environ) -> str:
+    """The W&B run id of this run: the agent's inside a sweep, the saved one when resuming, else a
+    new one; rank zero saves it in the run folder."""
+    path = run_dir / WANDB_ID_FILE
+    run_id = sweep_run_id(environ)
+    if run_id is None and resuming and path.is_file():
+        run_id = path.read_text().strip()
+    if run_id is None:
+        run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+    if is_rank_zero():
+        write_atomic(path, run_id)
+    return run_id
