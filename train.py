@@ -29,6 +29,7 @@ from caslie.checkpoints import AtomicCheckpointIO, resolve_ckpt
 from caslie.config import Config, DataConfig, load_config, to_dict
 from caslie.data.records import default_image_root
 from caslie.errors import EXIT_USER_ERROR, CaslieError
+from caslie.evaluation import PRIMARY_MEAN
 from caslie.models.fashionclip import FashionCLIPModule
 from caslie.models.lora import LoRAInstructModule
 from caslie.pretrained import (
@@ -46,7 +47,7 @@ from datamodules.mmec import MMECDataModule
 
 log = logging.getLogger("train")
 
-BEST_MONITOR = "val/primary_mean"
+BEST_MONITOR = f"val/{PRIMARY_MEAN}"
 """What the best checkpoint maximises when val is scored by generation (W&B sweeps optimise it)."""
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.loggers import WandbLogger
 
-from caslie.evaluation import format_table, write_predictions
+from caslie.evaluation import PRIMARY_MEAN, format_table, write_predictions
 from caslie.run_dir import write_atomic
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ class EvalReport(L.Callback):
         plots = {}
         for split, per_task in metrics.items():
             for task in per_task:
-                if task == "primary_mean":
+                if task == PRIMARY_MEAN:
                     continue
                 group = [r for r in rows if r["split"] == split and r["task"] == task]
                 scored = [r for r in group if r["parsed"] is not None]

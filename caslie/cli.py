@@ -67,6 +67,13 @@ def inspect(cfg: Config, split: str, n: int, fmt: str, out=sys.stdout) -> int:
     return len(fused)
 
 
+def _rounded(value, digits: int = 4):
+    """``value`` with every float rounded, for printing."""
+    if isinstance(value, dict):
+        return {k: _rounded(v, digits) for k, v in value.items()}
+    return round(value, digits) if isinstance(value, float) else value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="caslie", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -82,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--predictions", required=True, type=Path,
                     help="JSON list aligned with the rows, or JSONL with 'id' and 'prediction'")  # fmt: skip
     ev.add_argument("--parser", default="paper", choices=PARSERS)
+    ev.add_argument("--split", help="score only this split (default: each split on its own)")
     ev.add_argument("--out", type=Path, help="also write the metrics JSON here")
     for name, what in (("caption", "EC3 captions into the caption cache data.captions"),
                        ("vote", "CQE votes into the vote cache data.votes")):  # fmt: skip
@@ -129,10 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "evaluate":
             from caslie.evaluation import evaluate_file
 
-            text = json.dumps(evaluate_file(args.data, args.predictions, args.parser), indent=2)
-            print(text)
-            if args.out:
-                args.out.write_text(text + "\n")
+            metrics = evaluate_file(args.data, args.predictions, args.parser, args.split)
+            print(json.dumps(_rounded(metrics), indent=2))
+            if args.out:  # the file keeps every digit (float64)
+                args.out.write_text(json.dumps(metrics, indent=2) + "\n")
         elif args.command == "export":
             from caslie.export import export_merged
 

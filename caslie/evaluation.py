@@ -12,12 +12,16 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from caslie.config import SPLITS, DataConfig
-from caslie.data.records import load_records
+from caslie.config import DEFAULT_SPLIT_MAP, SPLITS
+from caslie.data.records import load_gold_rows
 from caslie.errors import DataError, MissingPathError
 from caslie.metrics import mean_primary, task_metrics
 from caslie.parsing import parse_answer, parse_paper
 from caslie.tasks import TASK_CODES
+
+PRIMARY_MEAN = "primary_mean"
+"""Key of the mean primary metric over a split's tasks: ``metrics[split][PRIMARY_MEAN]``, logged as
+``<split>/primary_mean`` (``val/primary_mean`` picks the best checkpoint and drives W&B sweeps)."""
 
 
 def gather_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -69,7 +73,7 @@ def score_rows(rows: Iterable[dict[str, Any]], parser: str = "paper") -> dict[st
             metrics["rescued"] = rescued
         out[split][task] = metrics
     for per_task in out.values():
-        per_task["primary_mean"] = mean_primary(per_task)
+        per_task[PRIMARY_MEAN] = mean_primary(per_task)
     return dict(out)
 
 
@@ -106,12 +110,12 @@ def format_table(metrics: dict[str, dict[str, Any]]) -> str:
             value = m.get(m["primary"])
             text = "n/a" if value is None else f"{value:.3f}"
             cells.append(f"{m['primary'] + ' ' + text:>16}")
-        mean = per_task.get("primary_mean")
+        mean = per_task.get(PRIMARY_MEAN)
         lines.append(
             f"{split:<10}" + "".join(cells) + f"{'n/a' if mean is None else f'{mean:.3f}':>8}"
         )
-        failed = sum(m["failed"] for k, m in per_task.items() if k != "primary_mean")
-        scored = sum(m["n"] for k, m in per_task.items() if k != "primary_mean")
+        failed = sum(m["failed"] for k, m in per_task.items() if k != PRIMARY_MEAN)
+        scored = sum(m["n"] for k, m in per_task.items() if k != PRIMARY_MEAN)
         lines[-1] += f"   ({scored} scored, {failed} failed)"
     return "\n".join(lines)
 
@@ -155,32 +159,57 @@ def read_predictions(path: Path, ids: list[str]) -> dict[str, str]:
     return out
 
 
-def evaluate_file(data: str, predictions: Path, parser: str = "paper") -> dict[str, dict[str, Any]]:
+def evaluate_file(
+    data: str, predictions: Path, parser: str = "paper", split: str | None = None
+) -> dict[str, Any]:
     """Score an external predictions file against MMECInstruct rows (``caslie evaluate``).
 
-    Every row of ``data`` (all splits, all tasks) is scored; a row without a prediction counts as
-    failed. Returns the metrics keyed by task code.
+    Each canonical split of ``data`` (``val``, ``test_ind``, ``test_ood``...: the ``setting`` column
+    tells IND from OOD) is scored on its own. Only ``task``, ``split``, ``output`` and ``options`` of
+    a row are needed. A row without a prediction is counted as ``missing`` (not ``failed``, which
+    means a prediction that does not parse).
+
+    Args:
+        data: MMECInstruct rows (file, folder, hub id or ``sample``).
+        predictions: A JSON list aligned with the rows, or JSONL with ``id`` and ``prediction``.
+        parser: ``paper`` or ``robust``.
+        split: Score only this split (a canonical name, or a dataset name such as ``test``).
+
+    Returns:
+        ``{task: metrics}`` for ``split``, else ``{split: {task: metrics}}``.
 
     Raises:
-        DataError: predictions for ids that are not in the rows.
+        DataError: predictions for ids that are not in the rows, or a split the rows do not have.
     """
-    records, _ = load_records(DataConfig(source=data), splits=SPLITS, tasks=TASK_CODES)
-    preds = read_predictions(predictions, [r.id for r in records])
-    unknown = set(preds) - {r.id for r in records}
+    split_map = dict(DEFAULT_SPLIT_MAP)
+    rows = load_gold_rows(data, split_map)
+    preds = read_predictions(predictions, [r.id for r in rows])
+    unknown = set(preds) - {r.id for r in rows}
     if unknown:
         raise DataError(
             f"{predictions}: {len(unknown)} prediction id(s) not in {data}, e.g. {sorted(unknown)[0]}"
         )
-    rows = [
-        {
-            "split": "all",
-            "task": r.task,
-            "gold": r.output,
-            "generated": preds.get(r.id, ""),
-            "options": r.options,
-        }
-        for r in records
-    ]
-    per_task = score_rows(rows, parser)["all"]
-    per_task.pop("primary_mean")
-    return per_task
+    present = sorted({r.split for r in rows}, key=SPLITS.index)
+    wanted = present
+    if split is not None:
+        wanted = [split_map.get(split, split)]
+        if wanted[0] not in present:
+            raise DataError(
+                f"--split {split}: {data} has no rows of that split (splits present: "
+                f"{', '.join(present)})"
+            )
+    scored = [
+        {"split": r.split, "task": r.task, "gold": r.output, "generated": preds[r.id], "options": r.options}
+        for r in rows if r.split in wanted and r.id in preds
+    ]  # fmt: skip
+    metrics = score_rows(scored, parser)
+    out: dict[str, Any] = {}
+    for s in wanted:
+        per_task = metrics.get(s, {})
+        per_task.pop(PRIMARY_MEAN, None)
+        for task in sorted({r.task for r in rows if r.split == s}, key=TASK_CODES.index):
+            missing = sum(r.id not in preds for r in rows if r.split == s and r.task == task)
+            per_task[task] = per_task.get(task) or task_metrics(task, [], [])
+            per_task[task]["missing"] = missing
+        out[s] = {t: per_task[t] for t in TASK_CODES if t in per_task}
+    return out[wanted[0]] if split is not None else out

@@ -1,10 +1,15 @@
-"""Per-task metrics with torchmetrics, as the paper's Table 2 and Appendix D.
+"""Per-task metrics, as the paper's Table 2 and Appendix D, in float64.
 
 ap, psi: binary with ``yes`` positive (acc, precision, recall, f1; primary f1). mpc: acc primary with
 macro precision/recall/F1. prp, sa: macro-F1 primary with acc and macro precision/recall. cc, sr: R@1,
 the share of rows whose chosen option is the gold one. Failed predictions (``None``) are counted and
 left out of the metric, as the paper does. Classes are indexed over the labels present in gold or
-prediction, so macro averages run over exactly those labels.
+prediction, so macro averages run over exactly those labels (sklearn's default), and a ratio with a
+zero denominator is 0 (sklearn's ``zero_division=0``).
+
+torchmetrics counts true/false positives and negatives per class; the ratios are then taken in
+Python floats (float64), because torchmetrics' own ratios are float32 and would differ from sklearn's
+(the paper's scripts) in the seventh digit.
 """
 
 from __future__ import annotations
@@ -13,16 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torchmetrics.functional.classification import (
-    binary_accuracy,
-    binary_f1_score,
-    binary_precision,
-    binary_recall,
-    multiclass_accuracy,
-    multiclass_f1_score,
-    multiclass_precision,
-    multiclass_recall,
-)
+from torchmetrics.functional.classification import binary_stat_scores, multiclass_stat_scores
 
 from caslie.tasks import BINARY, CHOICE, TASKS
 
@@ -70,22 +66,36 @@ def task_metrics(task: str, golds: Sequence[str], preds: Sequence[str | None]) -
     if spec.metric_kind == BINARY:
         g = torch.tensor([x == spec.positive_label for x in g_list], dtype=torch.long)
         p = torch.tensor([x == spec.positive_label for x in p_list], dtype=torch.long)
-        values = [
-            fn(p, g) for fn in (binary_accuracy, binary_precision, binary_recall, binary_f1_score)
-        ]
+        tp, fp, _, fn, _ = (int(v) for v in binary_stat_scores(p, g))
+        precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
+        values = [_accuracy(g_list, p_list), precision, recall, _ratio(2 * tp, 2 * tp + fp + fn)]
+    elif spec.metric_kind == CHOICE:
+        values = [_accuracy(g_list, p_list)]
     else:
         labels, g, p = _indexed(g_list, p_list)
-        # torchmetrics needs two classes; an extra empty class leaves every average unchanged
-        # (macro averages skip classes absent from gold and prediction).
-        k = max(2, len(labels))
-        if spec.metric_kind == CHOICE:
-            values = [multiclass_accuracy(p, g, num_classes=k, average="micro")]
-        else:
-            values = [multiclass_accuracy(p, g, num_classes=k, average="micro")] + [
-                fn(p, g, num_classes=k, average="macro")
-                for fn in (multiclass_precision, multiclass_recall, multiclass_f1_score)
-            ]
-    return out | {name: float(v) for name, v in zip(names, values, strict=True)}
+        # torchmetrics needs two classes; an extra class absent from gold and prediction is dropped
+        # below like every other absent class.
+        stats = multiclass_stat_scores(p, g, num_classes=max(2, len(labels)), average=None)
+        per_class = [tuple(int(v) for v in row[:4]) for row in stats[: len(labels)]]
+        values = [
+            _accuracy(g_list, p_list),
+            _mean([_ratio(tp, tp + fp) for tp, fp, _, fn in per_class]),
+            _mean([_ratio(tp, tp + fn) for tp, fp, _, fn in per_class]),
+            _mean([_ratio(2 * tp, 2 * tp + fp + fn) for tp, fp, _, fn in per_class]),
+        ]
+    return out | dict(zip(names, values, strict=True))
+
+
+def _ratio(num: int, den: int) -> float:
+    return num / den if den else 0.0
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _accuracy(golds: Sequence[str], preds: Sequence[str]) -> float:
+    return sum(g == p for g, p in zip(golds, preds, strict=True)) / len(golds)
 
 
 def mean_primary(per_task: dict[str, dict[str, Any]]) -> float | None:

@@ -1,28 +1,28 @@
-"""The paper's optimisation for any of our modules: AdamW with linear warm-up then cosine decay."""
+"""The paper's optimisation for any of our modules: AdamW with linear warm-up then cosine decay.
+
+The schedules are transformers' own (``get_cosine_schedule_with_warmup``), the ones the reference's
+Hugging Face ``Trainer`` used, with the warm-up sized as the ``Trainer`` sizes it:
+``ceil(total_steps x warmup_ratio)`` optimiser steps.
+"""
 
 from __future__ import annotations
 
 import logging
 import math
 from collections.abc import Iterable
-from functools import partial
 from typing import Any
 
 import torch
+from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
 from caslie.config import OptimConfig
 
 log = logging.getLogger(__name__)
 
 
-def warmup_cosine(step: int, warmup: int, total: int, cosine: bool = True) -> float:
-    """LR multiplier: linear warm-up over ``warmup`` steps, then cosine decay to 0 (or constant)."""
-    if step < warmup:
-        return (step + 1) / (warmup + 1)
-    if not cosine:
-        return 1.0
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+def warmup_steps(total_steps: int, warmup_ratio: float) -> int:
+    """Warm-up optimiser steps for a run of ``total_steps`` (as the Hugging Face ``Trainer``)."""
+    return math.ceil(total_steps * warmup_ratio)
 
 
 def adamw_with_schedule(
@@ -33,10 +33,10 @@ def adamw_with_schedule(
     opt = torch.optim.AdamW(
         list(params), lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay
     )
-    warmup = math.ceil(total_steps * optim.warmup_ratio)
+    warmup = warmup_steps(total_steps, optim.warmup_ratio)
     log.info("optimiser steps: %d (warm-up %d, %s)", total_steps, warmup, optim.scheduler)
-    schedule = partial(
-        warmup_cosine, warmup=warmup, total=total_steps, cosine=optim.scheduler == "cosine"
-    )
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    if optim.scheduler == "cosine":
+        sched = get_cosine_schedule_with_warmup(opt, warmup, total_steps)
+    else:
+        sched = get_constant_schedule_with_warmup(opt, warmup)
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

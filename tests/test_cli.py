@@ -1,11 +1,18 @@
 """The ``caslie`` console script: inspect and evaluate."""
 
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
 
+from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
+
 from caslie.cli import main as caslie_main
+from caslie.config import DEFAULT_SPLIT_MAP
+from caslie.data.records import load_gold_rows
+from caslie.parsing import parse_paper
+from caslie.tasks import TASKS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,11 +68,67 @@ def test_caslie_evaluate_scores_a_predictions_file(tmp_path, sample_rows, capsys
                         "--out", str(out)])  # fmt: skip
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed == json.loads(out.read_text())
-    total = sum(m["n"] + m["failed"] for m in printed.values())
-    assert total == len(rows) and sum(m["failed"] for m in printed.values()) == 5
-    for m in printed.values():
-        assert m[m["primary"]] == 1.0  # every parsed prediction is the gold label
+    assert printed == json.loads(out.read_text())  # these values need no rounding
+    per_task = [m for split in printed.values() for m in split.values()]
+    assert set(printed) <= {"test_ind", "test_ood"}
+    total = sum(m["n"] + m["failed"] for m in per_task)
+    assert total == len(rows) and sum(m["failed"] for m in per_task) == 5
+    for m in per_task:
+        assert m[m["primary"]] == 1.0 and m["missing"] == 0  # every parsed prediction is gold
+
+
+def _sklearn(task: str, golds: list[str], preds: list[str]) -> dict[str, float]:
+    if task in ("ap", "psi"):
+        kw = {"pos_label": "yes", "zero_division": 0}
+        return {"acc": accuracy_score(golds, preds), "precision": precision_score(golds, preds, **kw),
+                "recall": recall_score(golds, preds, **kw), "f1": f1_score(golds, preds, **kw)}  # fmt: skip
+    if task in ("cc", "sr"):
+        return {"r1": accuracy_score(golds, preds)}
+    kw = {"average": "macro", "zero_division": 0}
+    return {"acc": accuracy_score(golds, preds), "macro_precision": precision_score(golds, preds, **kw),
+            "macro_recall": recall_score(golds, preds, **kw), "macro_f1": f1_score(golds, preds, **kw)}  # fmt: skip
+
+
+def test_caslie_evaluate_scores_each_split_like_sklearn(tmp_path, sample_rows, capsys):
+    rng = random.Random(3)
+    rows = [dict(r) for r in sample_rows if r["split"] != "train"]
+    for r in rows[::7]:
+        r["images"] = "[]"  # incomplete images do not matter for scoring
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    gold = load_gold_rows(str(data), DEFAULT_SPLIT_MAP)
+    preds = {}
+    for r in gold:
+        labels = sorted({o.split(":")[0] for o in r.options} if r.options else {"yes", "no"})
+        choice = rng.random()
+        if choice < 0.1:
+            continue  # missing
+        preds[r.id] = "maybe" if choice < 0.2 else rng.choice(labels)
+    lines = [json.dumps({"id": i, "prediction": p}) for i, p in preds.items()]
+    (tmp_path / "p.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "m.json"
+    args = ["evaluate", "--data", str(data), "--predictions", str(tmp_path / "p.jsonl")]
+    assert caslie_main([*args, "--out", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    printed = json.loads(capsys.readouterr().out)
+    assert set(saved) == {"val", "test_ind", "test_ood"}
+    for split, per_task in saved.items():
+        for task, m in per_task.items():
+            mine = [r for r in gold if r.split == split and r.task == task]
+            valid = {r.output for r in mine}
+            parsed = [(r.output, parse_paper(preds[r.id], valid)) for r in mine if r.id in preds]
+            kept = [(g, p) for g, p in parsed if p is not None]
+            assert m["missing"] == sum(r.id not in preds for r in mine)
+            assert m["failed"] == len(parsed) - len(kept) and m["n"] == len(kept)
+            want = _sklearn(task, [g for g, _ in kept], [p for _, p in kept])
+            for name, value in want.items():
+                assert abs(m[name] - value) <= 1e-12, (split, task, name)
+                assert printed[split][task][name] == round(m[name], 4)
+            assert m["primary"] == TASKS[task].primary
+    assert caslie_main([*args, "--split", "test"]) == 0  # the dataset's name for test IND
+    assert json.loads(capsys.readouterr().out) == printed["test_ind"]
+    assert caslie_main([*args, "--split", "train"]) == 2
+    assert "splits present: val, test_ind, test_ood" in capsys.readouterr().err
 
 
 def test_caslie_evaluate_rejects_misaligned_predictions(tmp_path, sample_rows, capsys):

@@ -1,4 +1,4 @@
-"""The paper's metrics against sklearn."""
+"""The paper's metrics against sklearn, to 1e-12 (float64 throughout)."""
 
 import random
 
@@ -6,6 +6,8 @@ import pytest
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 
 from caslie.metrics import mean_primary, task_metrics
+
+TOL = 1e-12
 
 
 def _random_case(rng: random.Random, labels: list[str], pred_labels: list[str], n: int):
@@ -24,12 +26,16 @@ def test_binary_metrics_match_sklearn_with_yes_positive(seed):
     kept = [(g, p) for g, p in zip(golds, preds, strict=True) if p is not None]
     g, p = [k[0] for k in kept], [k[1] for k in kept]
     assert got["n"] == len(kept) and got["failed"] == len(golds) - len(kept)
-    assert got["acc"] == pytest.approx(accuracy_score(g, p))
+    assert got["acc"] == pytest.approx(accuracy_score(g, p), rel=0, abs=TOL)
     assert got["precision"] == pytest.approx(
-        precision_score(g, p, pos_label="yes", zero_division=0)
+        precision_score(g, p, pos_label="yes", zero_division=0), rel=0, abs=TOL
     )
-    assert got["recall"] == pytest.approx(recall_score(g, p, pos_label="yes", zero_division=0))
-    assert got["f1"] == pytest.approx(f1_score(g, p, pos_label="yes", zero_division=0))
+    assert got["recall"] == pytest.approx(
+        recall_score(g, p, pos_label="yes", zero_division=0), rel=0, abs=TOL
+    )
+    assert got["f1"] == pytest.approx(
+        f1_score(g, p, pos_label="yes", zero_division=0), rel=0, abs=TOL
+    )
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -40,13 +46,15 @@ def test_macro_metrics_match_sklearn_over_labels_present(seed):
     got = task_metrics("sa", golds, preds)
     kept = [(g, p) for g, p in zip(golds, preds, strict=True) if p is not None]
     g, p = [k[0] for k in kept], [k[1] for k in kept]
-    assert got["acc"] == pytest.approx(accuracy_score(g, p))
+    assert got["acc"] == pytest.approx(accuracy_score(g, p), rel=0, abs=TOL)
     for name, fn in (
         ("macro_precision", precision_score),
         ("macro_recall", recall_score),
         ("macro_f1", f1_score),
     ):
-        assert got[name] == pytest.approx(fn(g, p, average="macro", zero_division=0)), name
+        assert got[name] == pytest.approx(
+            fn(g, p, average="macro", zero_division=0), rel=0, abs=TOL
+        ), name
     assert got["primary"] == "macro_f1"
 
 

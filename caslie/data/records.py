@@ -188,6 +188,76 @@ def _canonical_split(row: dict, loc: str, rid: str, split_map: dict[str, str]) -
     return split_map[key]
 
 
+@dataclass(frozen=True)
+class GoldRow:
+    """What scoring a prediction needs of a row: its id, task, split, gold answer and options."""
+
+    id: str
+    task: str
+    split: str
+    output: str
+    options: tuple[str, ...] | None
+    location: str
+
+
+def parse_gold_row(raw: Any, location: str, split_map: dict[str, str]) -> GoldRow:
+    """Validate only ``task``, ``split`` (and ``setting``), ``output`` and ``options`` of a raw row:
+    a row whose images or captions are incomplete can still be scored.
+
+    Raises:
+        RowError: naming the location, row id, field and problem.
+    """
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except (json.JSONDecodeError, RecursionError) as err:
+            raise RowError(location, None, "<line>", f"not valid JSON ({err})") from None
+    if not isinstance(raw, dict):
+        raise RowError(location, None, "<row>", f"expected an object, got {type(raw).__name__}")
+    rid = str(raw["id"]) if raw.get("id") not in (None, "") else content_id(raw)
+    for name in ("task", "split", "output"):
+        if raw.get(name) is None:
+            raise RowError(location, rid, name, "missing")
+    try:
+        task = get_task(raw["task"])
+    except UnknownTaskError as err:
+        raise RowError(location, rid, "task", str(err)) from None
+    output = raw["output"]
+    if not isinstance(output, str) or not output.strip():
+        raise RowError(location, rid, "output", f"expected a non-empty string, got {output!r}")
+    options = None
+    if raw.get("options") is not None:
+        options = _json_field(raw, "options", location, rid, (list,))
+        if not all(isinstance(o, str) for o in options):
+            raise RowError(location, rid, "options", "every option must be a string")
+    split = _canonical_split(raw, location, rid, split_map)
+    return GoldRow(rid, task.code, split, output, tuple(options) if options is not None else None,
+                   location)  # fmt: skip
+
+
+def load_gold_rows(
+    source: str, split_map: dict[str, str], hub_split: str = "train"
+) -> list[GoldRow]:
+    """Every row of ``source`` as a :class:`GoldRow`, with the ids :func:`load_records` gives them
+    (a repeated row's id gets ``#k``), in source order.
+
+    Raises:
+        RowError: the first invalid row.
+        DataError: an unreadable source.
+    """
+    seen: Counter = Counter()
+    rows = []
+    for location, raw in iter_raw_rows(source, hub_split):
+        row = parse_gold_row(raw, location, split_map)
+        seen[row.id] += 1
+        if seen[row.id] > 1:
+            row = replace(row, id=f"{row.id}#{seen[row.id]}")
+        rows.append(row)
+    if not rows:
+        raise DataError(f"{source} holds no rows")
+    return rows
+
+
 def parse_row(raw: Any, location: str, split_map: dict[str, str]) -> Record:
     """Validate one raw row (a dict, or a JSON line) into a :class:`Record`.
 

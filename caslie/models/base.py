@@ -25,7 +25,7 @@ import lightning as L
 import torch
 
 from caslie.config import Config
-from caslie.evaluation import gather_rows, score_rows
+from caslie.evaluation import PRIMARY_MEAN, gather_rows, score_rows
 from caslie.optim import adamw_with_schedule
 from caslie.resume import rng_state, set_rng_state
 
@@ -152,9 +152,9 @@ class CaslieModule(L.LightningModule):
         # Every rank already holds the same values: no reduction, hence no sync_dist.
         for split, per_task in metrics.items():
             for task, values in per_task.items():
-                if task == "primary_mean":
+                if task == PRIMARY_MEAN:
                     if values is not None:
-                        self.log(f"{split}/primary_mean", float(values), add_dataloader_idx=False)
+                        self.log(f"{split}/{PRIMARY_MEAN}", float(values), add_dataloader_idx=False)
                     continue
                 for name, value in values.items():
                     if isinstance(value, (int, float)) and name != "primary":
