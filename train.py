@@ -164,7 +164,8 @@ def _finish_wandb(logger: WandbLogger | None, trainer: L.Trainer, exit_code: int
 def _checkpoint_callbacks(cfg: Config, run_dir: Path) -> tuple[ModelCheckpoint | None, list]:
     best = None
     if "val" in cfg.data.eval_splits:
-        monitor, mode = (BEST_MONITOR, "max") if generates_on_val(cfg) else ("val/loss", "min")
+        by_loss = cfg.eval.select == "loss" or not generates_on_val(cfg)
+        monitor, mode = ("val/loss", "min") if by_loss else (BEST_MONITOR, "max")
         best = ModelCheckpoint(
             dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode=mode,
             save_top_k=1, enable_version_counter=False,

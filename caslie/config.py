@@ -438,10 +438,14 @@ class EvalConfig:
     constrained: bool = False
     """Restrict decoding to valid labels."""
     generate_on_val: bool = True
-    """Generate on val at each validation, so the best checkpoint is chosen by mean primary metric
-    (off: by val loss)."""
+    """Generate answers on val at each validation and log their metrics."""
+    select: str = "primary"
+    """What picks ``best.ckpt`` on val: ``primary`` (the mean primary metric of the generated
+    answers) or ``loss`` (the val loss, as eCeLLM's Trainer chose)."""
 
     def __post_init__(self) -> None:
+        if self.select not in ("primary", "loss"):
+            raise ConfigError(f"eval.select must be 'primary' or 'loss', got '{self.select}'")
         if self.parser not in ("paper", "robust"):
             raise ConfigError(f"eval.parser must be 'paper' or 'robust', got '{self.parser}'")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
@@ -472,6 +476,15 @@ class Config:
     """CQE voting (``caslie vote``)."""
 
     def __post_init__(self) -> None:
+        if (
+            self.eval.select == "primary"
+            and self.model.kind == "lora"
+            and not self.eval.generate_on_val
+        ):
+            raise ConfigError(
+                "eval.select=primary picks the best checkpoint by generated answers on val, but "
+                "eval.generate_on_val=false; set eval.select=loss or eval.generate_on_val=true"
+            )
         world = self.trainer.devices * self.trainer.num_nodes
         per_step = self.optim.micro_batch_size * world
         if self.optim.effective_batch_size % per_step:

@@ -43,6 +43,11 @@ def test_inheritance_loop_is_reported(tmp_path: Path):
         load_config(tmp_path / "a.yaml")
 
 
+def test_best_checkpoint_by_loss_as_ecellm():
+    cfg = load_config(None, ["eval.select=loss", "eval.generate_on_val=false"])
+    assert cfg.eval.select == "loss" and not cfg.eval.generate_on_val
+
+
 def test_sweep_style_arguments():
     assert parse_overrides(["--data.votes=None", "a=1"]) == ["data.votes=null", "a=1"]
     cfg = load_config(None, ["--data.votes=None", "--data.tasks=sa", "--optim.lr=0.001"])
@@ -66,6 +71,10 @@ def test_sweep_style_arguments():
         (["data.on_error=ignore"], "data.on_error"),
         (["data.eval_splits=[test_iid]"], "unknown split 'test_iid'"),
         (["noequals"], "key=value"),
+        (["eval.select=accuracy"], "eval.select must be 'primary' or 'loss'"),
+        (["eval.generate_on_val=false"], "set eval.select=loss"),
+        (["data.image_size=8"], "data.image_size must be at least 32"),
+        (["data.captions=''"], "data.captions is empty"),
     ],
 )
 def test_bad_config_fails_clearly(override, message):
