@@ -104,9 +104,12 @@ def build_data_and_module(cfg: Config, run_dir: Path) -> tuple[CaslieDataModule,
         )  # fmt: skip
         return dm, FashionCLIPModule(cfg)
     tokenizer = tokenizer_for(cfg.model)
+    context = getattr(
+        model_config(Checkpoint.from_config(cfg.model)), "max_position_embeddings", None
+    )
     dm = MMECDataModule(
         cfg.data, tokenizer, cfg.optim.micro_batch_size, cfg.optim.eval_batch_size, cfg.run.seed,
-        generate_on_val=generates_on_val(cfg),
+        generate_on_val=generates_on_val(cfg), context_length=context,
     )  # fmt: skip
     return dm, LoRAInstructModule(cfg, tokenizer, run_dir)
 

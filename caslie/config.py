@@ -103,8 +103,10 @@ class DataConfig:
     """Outcome of a tied majority vote (even number of voters): ``no`` or ``yes``."""
     prompt_template: str = "mistral"
     """``mistral`` (the paper's template, byte-exact) or ``chat`` (the tokenizer's chat template)."""
-    max_length: int = 1024
-    """Longest tokenised example; longer ones are trimmed on the input side, never the answer."""
+    max_length: int = 2048
+    """Longest tokenised training example (eCeLLM's cutoff); a longer one is trimmed inside its
+    input, keeping valid JSON (SR drops its oldest history items, other tasks shorten their longest
+    text field), never the answer. Evaluation prompts are never trimmed."""
     pad_to_multiple_of: int = 8
     """Padded batch length is a multiple of this (tensor-core friendly)."""
     group_by_length: bool = True

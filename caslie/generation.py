@@ -7,10 +7,24 @@ from typing import Any
 
 import torch
 
+RESPONSE_CONTEXT = "### Response:\n"
+"""What the paper's prompt templates end with before the answer: answers are tokenised after it."""
+
+
+def answer_ids(tokenizer: Any, answer: str, context: str = RESPONSE_CONTEXT) -> list[int]:
+    """The tokens of ``answer`` as they follow ``context`` in a joint tokenisation (what the model
+    was trained to emit), without EOS."""
+    before = tokenizer(context, add_special_tokens=False)["input_ids"]
+    joint = tokenizer(context + answer, add_special_tokens=False)["input_ids"]
+    if joint[: len(before)] != before:  # the answer merged into the context's last token
+        return tokenizer(answer, add_special_tokens=False)["input_ids"]
+    return joint[len(before) :]
+
 
 def label_ids(tokenizer: Any, labels: Iterable[str]) -> list[list[int]]:
-    """Token ids of each label as the training target tokenises it (no special tokens)."""
-    return [tokenizer(label, add_special_tokens=False)["input_ids"] for label in sorted(labels)]
+    """Token ids of each label as the training target tokenises it: after the prompt, in one joint
+    string (:func:`answer_ids`)."""
+    return [answer_ids(tokenizer, label) for label in sorted(labels)]
 
 
 def answer_budget(tokenizer: Any, labels: Iterable[str]) -> int:

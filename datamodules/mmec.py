@@ -26,10 +26,12 @@ class MMECDataModule(CaslieDataModule):
         eval_batch_size: Prompts per device per generation batch.
         seed: Shuffling seed.
         generate_on_val: Add a generation loader over val to ``val_dataloader``.
+        context_length: The model's context: longer evaluation examples are skipped and counted.
     """
 
     def __init__(self, cfg: DataConfig, tokenizer: Any, micro_batch_size: int = 4,
-                 eval_batch_size: int = 16, seed: int = 42, generate_on_val: bool = False):  # fmt: skip
+                 eval_batch_size: int = 16, seed: int = 42, generate_on_val: bool = False,
+                 context_length: int | None = None):  # fmt: skip
         super().__init__(cfg, micro_batch_size, eval_batch_size, seed)
         if tokenizer.pad_token_id is None:
             raise ValueError(
@@ -37,16 +39,17 @@ class MMECDataModule(CaslieDataModule):
             )
         self.tokenizer = tokenizer
         self.generate_on_val = generate_on_val
+        self.context_length = context_length
         self.built: BuiltData | None = None
 
     def prepare_data(self) -> None:
         """Build the tokenised cache (once per node)."""
-        build_dataset(self.cfg, self.tokenizer)
+        build_dataset(self.cfg, self.tokenizer, context_length=self.context_length)
 
     def setup(self, stage: str | None = None) -> None:
         """Open the cached splits and check that every evaluation split has rows."""
         if self.built is None:
-            self.built = build_dataset(self.cfg, self.tokenizer)
+            self.built = build_dataset(self.cfg, self.tokenizer, context_length=self.context_length)
         self.check_eval_splits()
 
     @property

@@ -1,8 +1,12 @@
 """Rows -> fused prompts -> tokenised Arrow datasets: answer-only labels, trimming, the build cache."""
 
+import json
+
 import pytest
 
+from caslie.data.fusion import fuse_records
 from caslie.data.pipeline import build_dataset
+from caslie.data.records import load_records
 from caslie.data.tokenize import IGNORE_INDEX, collate_train
 from caslie.errors import DataError
 
@@ -22,24 +26,76 @@ def test_loss_covers_only_the_answer_and_eos(sample_config, tokenizer):
         assert prompt == row["prompt"]
 
 
-def test_truncation_trims_the_input_never_the_answer(sample_config, tokenizer):
-    built = build_dataset(
-        sample_config("data.max_length=230", "data.tasks=[ap,sa,psi]").data, tokenizer
+def _input_of(prompt: str):
+    return json.loads(
+        prompt.split("### Input:\n", 1)[1].split("\n\n### Options:", 1)[0].split("\n\n [/INST]")[0]
     )
-    trimmed = sum(built.manifest["trimmed"].values())
-    assert trimmed > 0
-    for split in built.splits.values():
-        for row in split:
-            assert row["length"] <= 230
+
+
+def test_trimming_shortens_training_inputs_as_valid_json_never_the_answer_or_eval_prompts(
+    sample_config, tokenizer
+):
+    cfg = sample_config("data.max_length=230", "data.tasks=[ap,sa,psi]")
+    built = build_dataset(cfg.data, tokenizer)
+    assert sum(built.manifest["trimmed"].values()) > 0
+    assert all(key.endswith("/train") for key in built.manifest["trimmed"])
+    records = {
+        r.id: r for r in load_records(cfg.data, splits=["train", "val", "test_ind", "test_ood"])[0]
+    }
+    longest_eval = 0
+    for split, rows in built.splits.items():
+        for row in rows:
             answer = tokenizer.decode(row["input_ids"][row["prompt_len"] :])
             assert answer == row["target"] + tokenizer.eos_token
+            fused = _input_of(row["prompt"])  # valid JSON, trimmed or not
+            original = records[row["id"]].input
+            if split == "train":
+                assert row["length"] <= 230
+            else:
+                assert not row["trimmed"]
+                longest_eval = max(longest_eval, row["length"])
             if row["trimmed"]:
-                assert row["prompt"].endswith("[/INST] ### Response:\n")
-                assert "### Instruction:" in row["prompt"]
+                untrimmed = json.loads(
+                    fuse_records([records[row["id"]]], cfg.data)[0][0].input_text
+                )
+                assert set(fused) == set(untrimmed) >= set(original)  # every field is still there
+                longest = max(untrimmed, key=lambda k: len(str(untrimmed[k])))
+                assert len(fused[longest]) < len(untrimmed[longest])
+                assert all(untrimmed[k].startswith(v) for k, v in fused.items() if v)
+    assert longest_eval > 230  # evaluation prompts keep their full length
+
+
+def test_sr_trimming_keeps_the_newest_history(sample_config, tokenizer):
+    cfg = sample_config("data.max_length=560", "data.tasks=[sr]", "data.fusion=uia")
+    built = build_dataset(cfg.data, tokenizer)
+    records = {r.id: r for r in load_records(cfg.data, splits=["train"])[0]}
+    trimmed = [row for row in built.splits["train"] if row["trimmed"]]
+    assert trimmed and built.manifest["trimmed"]["sr/train"] == len(trimmed)
+    for row in trimmed:
+        kept = _input_of(row["prompt"])
+        history = records[row["id"]].input
+        assert 0 < len(kept) < len(history)
+        # the newest items stay (each with its fused caption appended)
+        newest = history[len(history) - len(kept) :]
+        assert all(k.startswith(h) for k, h in zip(kept, newest, strict=True))
+        assert row["length"] <= 560
+
+
+def test_evaluation_prompts_longer_than_the_context_are_skipped_and_counted(
+    sample_config, tokenizer
+):
+    built = build_dataset(sample_config("data.tasks=[ap]").data, tokenizer, context_length=200)
+    skipped = built.manifest["skipped_too_long"]
+    assert skipped and not any(key.endswith("/train") for key in skipped)
+    kept = sum(len(d) for s, d in built.splits.items() if s != "train")
+    assert all(row["length"] <= 200 for s, d in built.splits.items() if s != "train" for row in d)
+    assert kept + sum(skipped.values()) == sum(
+        n for key, n in built.manifest["rows"].items() if not key.endswith("/train")
+    )
 
 
 def test_examples_that_cannot_fit_raise_or_are_skipped(sample_config, tokenizer):
-    with pytest.raises(DataError, match="do not fit data.max_length=64"):
+    with pytest.raises(DataError, match="training example.* do not fit data.max_length=64"):
         build_dataset(sample_config("data.max_length=64").data, tokenizer)
     built = build_dataset(sample_config("data.max_length=64", "data.on_error=skip").data, tokenizer)
     assert built.manifest["too_long_dropped"] > 0
@@ -54,4 +110,4 @@ def test_second_build_comes_from_the_cache_and_inputs_invalidate_it(
     assert not first.from_cache and second.from_cache
     assert second.splits["train"]["input_ids"] == first.splits["train"]["input_ids"]
     assert build_dataset(sample_config("data.fusion=uia").data, tokenizer).from_cache is False
-    assert build_dataset(sample_config("data.max_length=400").data, tokenizer).from_cache is False
+    assert build_dataset(sample_config("data.max_length=1500").data, tokenizer).from_cache is False

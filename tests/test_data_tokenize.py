@@ -1,7 +1,8 @@
 """Collation: right-padded training batches and left-padded generation prompts."""
 
 from caslie.data.pipeline import build_dataset
-from caslie.data.tokenize import collate_generate
+from caslie.data.tokenize import Tokenise, collate_generate
+from caslie.generation import LabelTrie, answer_budget, answer_ids, label_ids
 
 
 def test_generation_batches_are_left_padded_prompts(sample_config, tokenizer):
@@ -14,3 +15,44 @@ def test_generation_batches_are_left_padded_prompts(sample_config, tokenizer):
         assert batch["attention_mask"][i, :-n].sum() == 0
     assert [m["id"] for m in batch["meta"]] == [f["id"] for f in feats]
     assert [m["gold"] for m in batch["meta"]] == [f["target"] for f in feats]
+
+
+def _sentencepiece_style_tokenizer():
+    """A Metaspace BPE tokenizer trained offline, shaped like Mistral's and Llama-2's: words carry a
+    leading "▁", so "yes" alone and "yes" right after "Response:\\n" are different tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    # A newline stays a token of its own, as SentencePiece's byte token <0x0A> does.
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split("\n", behavior="isolated"),
+        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first"),
+    ])  # fmt: skip
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    corpus = [
+        "### Response:\nyes",
+        "### Response:\nno",
+        "yes no maybe",
+        "Is it answerable? yes",
+    ] * 50
+    trainer = trainers.BpeTrainer(vocab_size=120, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+                                  show_progress=False)  # fmt: skip
+    tok.train_from_iterator(corpus, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>", unk_token="<unk>")  # fmt: skip
+
+
+def test_answers_are_tokenised_jointly_with_the_prompt_as_ecellm_trained_them():
+    tok = _sentencepiece_style_tokenizer()
+    alone = tok("yes", add_special_tokens=False)["input_ids"]
+    after = answer_ids(tok, "yes")
+    assert alone != after  # the word-start "▁yes" is not what follows "Response:\n"
+    prompt = "Is it answerable?\n\n### Response:\n"
+    ids, n_prompt = Tokenise(tok, 64, add_special_tokens=False).encode(prompt, "yes")
+    assert ids == tok(prompt + "yes", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert ids[:n_prompt] == tok(prompt, add_special_tokens=False)["input_ids"]
+    assert ids[n_prompt:-1] == after  # the boundary tokens equal the joint tokenisation
+    trie = LabelTrie(label_ids(tok, {"yes", "no"}), tok.eos_token_id)
+    assert after[0] in trie.allowed([]) and alone[0] not in trie.allowed([])
+    assert answer_budget(tok, {"yes", "no"}) == max(len(after), len(answer_ids(tok, "no"))) + 1

@@ -34,7 +34,7 @@ from caslie.prompts import render_prompt, template_adds_bos
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 """Bump when the built columns or their meaning change (invalidates old caches)."""
 
 
@@ -86,7 +86,9 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return h.hexdigest()
 
 
-def fingerprint(cfg: DataConfig, tokenizer: Any, splits: list[str]) -> str:
+def fingerprint(
+    cfg: DataConfig, tokenizer: Any, splits: list[str], context_length: int | None = None
+) -> str:
     """Key of a build: every input that changes the tokenised output."""
     fields = asdict(cfg)
     for unrelated in (
@@ -108,6 +110,7 @@ def fingerprint(cfg: DataConfig, tokenizer: Any, splits: list[str]) -> str:
         if cfg.votes
         else None,
         "tokenizer": tokenizer_fingerprint(tokenizer),
+        "context_length": context_length,
     }
     blob = json.dumps(state, sort_keys=True, default=str).encode()
     return hashlib.blake2b(blob, digest_size=10).hexdigest()
@@ -141,15 +144,20 @@ def _render(
     return render_prompt(instruction, input_text, options_text, template, tokenizer)
 
 
-def build_dataset(cfg: DataConfig, tokenizer: Any, splits: list[str] | None = None) -> BuiltData:
+def build_dataset(cfg: DataConfig, tokenizer: Any, splits: list[str] | None = None,
+                  context_length: int | None = None) -> BuiltData:  # fmt: skip
     """Build (or reuse) the tokenised datasets for ``splits`` (default: train + eval splits).
 
+    Training examples longer than ``data.max_length`` are trimmed inside their input (the count per
+    task and split is in the manifest); evaluation examples are never trimmed, and one longer than
+    ``context_length`` (the model's context) is skipped and counted.
+
     Raises:
-        DataError: invalid rows (``on_error=raise``), missing votes, or an example that cannot fit
-            ``max_length`` even without its input under ``on_error=raise``.
+        DataError: invalid rows (``on_error=raise``), missing votes, or a training example that
+            cannot fit ``max_length`` even trimmed under ``on_error=raise``.
     """
     splits = splits or [cfg.train_split, *cfg.eval_splits]
-    key = fingerprint(cfg, tokenizer, splits)
+    key = fingerprint(cfg, tokenizer, splits, context_length)
     path = Path(cfg.cache_dir) / "tokenised" / key
     if (path / "manifest.json").is_file():
         start = time.perf_counter()
@@ -167,22 +175,32 @@ def build_dataset(cfg: DataConfig, tokenizer: Any, splits: list[str] | None = No
     timings["fuse_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     raw = datasets.Dataset.from_dict(cols)
-    tokenise = Tokenise(tokenizer, cfg.max_length, template_adds_bos(cfg.prompt_template))
+    tokenise = Tokenise(
+        tokenizer, cfg.max_length, template_adds_bos(cfg.prompt_template), context_length
+    )
     with _quiet_datasets():
         tokenised = raw.map(
             tokenise, batched=True, batch_size=1000, remove_columns=["head", "input_text", "tail"]
         )
-    too_long = [i for i, keep in enumerate(tokenised["keep"]) if not keep]
-    if too_long:
-        first = tokenised[too_long[0]]
+    dropped = [i for i, keep in enumerate(tokenised["keep"]) if not keep]
+    too_long = Counter(f"{tokenised[i]['task']}/{tokenised[i]['split']}" for i in dropped)
+    train_drops = [i for i in dropped if tokenised[i]["split"] == cfg.train_split]
+    if train_drops:
+        first = tokenised[train_drops[0]]
         message = (
-            f"{len(too_long)} example(s) do not fit data.max_length={cfg.max_length} even with "
-            f"their input text removed (first: row {first['id']}, task {first['task']}); raise "
-            f"data.max_length"
+            f"{len(train_drops)} training example(s) do not fit data.max_length={cfg.max_length} "
+            f"even trimmed (first: row {first['id']}, task {first['task']}); raise data.max_length"
         )
         if cfg.on_error == "raise":
             raise DataError(message)
         log.warning("%s; skipping them (data.on_error=skip)", message)
+    if len(dropped) > len(train_drops):
+        log.warning(
+            "skipping %d evaluation example(s) longer than the model's context of %s tokens "
+            "(evaluation prompts are never trimmed): %s",
+            len(dropped) - len(train_drops), context_length, dict(too_long),
+        )  # fmt: skip
+    if dropped:
         with _quiet_datasets():
             tokenised = tokenised.filter(lambda keep: keep, input_columns="keep")
     tokenised = tokenised.remove_columns("keep")
@@ -204,7 +222,8 @@ def build_dataset(cfg: DataConfig, tokenizer: Any, splits: list[str] | None = No
         "skipped_no_captions": dict(fusion_report.skipped),
         "duplicate_ids": load_report.duplicate_ids,
         "trimmed": dict(Counter(f"{t}/{s}" for t, s, tr in zip(tokenised["task"], tokenised["split"], tokenised["trimmed"], strict=True) if tr)),
-        "too_long_dropped": len(too_long) if cfg.on_error == "skip" else 0,
+        "too_long_dropped": len(dropped),
+        "skipped_too_long": dict(sorted(too_long.items())),
         "caption_used_pct": fusion_report.used_pct(),
         "timings": timings,
     }  # fmt: skip

@@ -1,7 +1,15 @@
-"""Prompt text -> tokens: answer-only loss, input-side truncation, and the collate functions.
+"""Prompt text -> tokens: answer-only loss on the joint tokenisation, structured trimming, collation.
 
-A prompt is held as three parts, ``head + input + tail``, so that a too-long example is shortened
-inside its input (the item text) while the template, the options and the answer stay whole.
+A training example is tokenised as eCeLLM tokenised it: prompt and answer as one string (then EOS),
+with the loss masked over the first ``len(tokenise(prompt))`` tokens. SentencePiece tokenizers
+(Mistral, Llama-2) thus see the answer's first token as it follows ``### Response:\n``, not as the
+start of a word, which is what the released models learnt and what generation produces.
+
+A prompt is held as three parts, ``head + input + tail``, so that an over-long *training* example is
+shortened inside its input while the template, the options and the answer stay whole, and the input
+stays valid JSON: SR drops its oldest history items first; other tasks shorten their longest text
+field. Evaluation prompts are never trimmed: one that does not fit the model's context is skipped
+and counted.
 """
 
 from __future__ import annotations
@@ -31,66 +39,98 @@ def split_prompt(render: Callable[[str], str]) -> tuple[str, str]:
     return head, tail
 
 
+def trim_levels(input_text: str) -> tuple[Callable[[int], str], int] | None:
+    """Shorter, still valid JSON inputs: ``(cut, n)`` where ``cut(level)`` for ``level`` in ``0..n``
+    trims more as the level grows; ``None`` when the input is not JSON.
+
+    A list (SR history) drops its ``level`` oldest items, keeping the newest one. A dict caps every
+    string value at ``longest - level`` characters, so its longest text field shortens first.
+    """
+    try:
+        value = json.loads(input_text)
+    except json.JSONDecodeError:
+        return None
+    if isinstance(value, list):
+        return (lambda level: json.dumps(value[level:])), max(len(value) - 1, 0)
+    if isinstance(value, dict):
+        longest = max((len(v) for v in value.values() if isinstance(v, str)), default=0)
+
+        def cut(level: int) -> str:
+            cap = longest - level
+            return json.dumps({k: v[:cap] if isinstance(v, str) else v for k, v in value.items()})
+
+        return cut, longest
+    return None
+
+
 class Tokenise:
     """Batched ``datasets.map`` function: prompt parts + target -> ``input_ids`` and ``prompt_len``.
 
-    The target is the answer followed by EOS; the loss later covers only those tokens. An example
-    longer than ``max_length`` has its input text cut (binary search on characters) until it fits;
-    it is counted in ``trimmed``. One that cannot fit even with an empty input is dropped and
-    recorded in ``too_long``.
+    Outputs per example: ``prompt`` (as tokenised), ``input_ids`` (prompt + answer + EOS),
+    ``prompt_len``, ``length``, ``trimmed`` and ``keep`` (false: too long, see the module docstring).
+
+    Args:
+        tokenizer: The model's tokenizer (with EOS).
+        max_length: Longest training example (``data.max_length``).
+        add_special_tokens: Whether tokenising adds BOS (the paper's template) or the chat template
+            already holds it.
+        eval_max_length: Longest evaluation example (the model's context); ``None``: no limit.
     """
 
-    def __init__(self, tokenizer: Any, max_length: int, add_special_tokens: bool):
+    def __init__(self, tokenizer: Any, max_length: int, add_special_tokens: bool,
+                 eval_max_length: int | None = None):  # fmt: skip
         self.tok = tokenizer
-        self.max_length = max_length
+        self.max_length, self.eval_max_length = max_length, eval_max_length
         self.add_special = add_special_tokens
         if tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer has no EOS token: the model could never learn to stop")
 
-    def _prompt_ids(self, texts: list[str]) -> list[list[int]]:
+    def _ids(self, texts: list[str]) -> list[list[int]]:
         return self.tok(texts, add_special_tokens=self.add_special)["input_ids"]
 
-    def _fit(self, head: str, text: str, tail: str, budget: int) -> tuple[str, list[int]] | None:
-        lo, hi, best = 0, len(text), None
+    def encode(self, prompt: str, target: str) -> tuple[list[int], int]:
+        """(prompt + target tokenised jointly, then EOS; the number of prompt tokens)."""
+        full, prompt_ids = self._ids([prompt + target, prompt])
+        return full + [self.tok.eos_token_id], len(prompt_ids)
+
+    def _fit(self, head: str, text: str, tail: str, target: str):
+        """The least trimmed prompt whose example fits ``max_length``, or ``None``."""
+        levels = trim_levels(text)
+        if levels is None:
+            return None
+        cut, most = levels
+        lo, hi, best = 1, most, None
         while lo <= hi:
             mid = (lo + hi) // 2
-            prompt = head + text[:mid] + tail
-            ids = self._prompt_ids([prompt])[0]
-            if len(ids) <= budget:
-                best, lo = (prompt, ids), mid + 1
+            prompt = head + cut(mid) + tail
+            ids, n_prompt = self.encode(prompt, target)
+            if len(ids) <= self.max_length:
+                best, hi = (prompt, ids, n_prompt), mid - 1
             else:
-                hi = mid - 1
+                lo = mid + 1
         return best
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
-        prompts = [
-            h + i + t
-            for h, i, t in zip(batch["head"], batch["input_text"], batch["tail"], strict=True)
-        ]
-        prompt_ids = self._prompt_ids(prompts)
-        target_ids = self.tok(batch["target"], add_special_tokens=False)["input_ids"]
-        eos = self.tok.eos_token_id
         out: dict[str, list] = {
             k: [] for k in ("prompt", "input_ids", "prompt_len", "length", "trimmed", "keep")
         }
-        for k, (p_ids, t_ids) in enumerate(zip(prompt_ids, target_ids, strict=True)):
-            t_ids = t_ids + [eos]
-            prompt, trimmed, keep = prompts[k], False, True
-            if len(p_ids) + len(t_ids) > self.max_length:
-                fitted = self._fit(
-                    batch["head"][k],
-                    batch["input_text"][k],
-                    batch["tail"][k],
-                    self.max_length - len(t_ids),
-                )
-                if fitted is None:
-                    keep = False
-                else:
-                    (prompt, p_ids), trimmed = fitted, True
+        rows = zip(batch["head"], batch["input_text"], batch["tail"], batch["target"], batch["split"],
+                   strict=True)  # fmt: skip
+        for head, text, tail, target, split in rows:
+            prompt = head + text + tail
+            ids, n_prompt = self.encode(prompt, target)
+            trimmed, keep = False, True
+            if split != "train":  # never trimmed: the model must see the whole prompt
+                keep = self.eval_max_length is None or len(ids) <= self.eval_max_length
+            elif len(ids) > self.max_length:
+                fitted = self._fit(head, text, tail, target)
+                keep, trimmed = fitted is not None, fitted is not None
+                if fitted is not None:
+                    prompt, ids, n_prompt = fitted
             out["prompt"].append(prompt)
-            out["input_ids"].append(p_ids + t_ids)
-            out["prompt_len"].append(len(p_ids))
-            out["length"].append(len(p_ids) + len(t_ids))
+            out["input_ids"].append(ids)
+            out["prompt_len"].append(n_prompt)
+            out["length"].append(len(ids))
             out["trimmed"].append(trimmed)
             out["keep"].append(keep)
         return out
