@@ -29,7 +29,11 @@ DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch
 """``model.dtype`` names and their torch dtypes (``auto`` is decided by :func:`resolve_dtype`)."""
 
 PAD_TOKEN = "<|pad|>"
-"""The pad token added to a training tokenizer that has none (or only EOS)."""
+"""The pad token added to a training tokenizer that has no usable one (the last resort: it grows the
+vocabulary, so the embeddings are resized)."""
+
+RESERVED_PADS = ("<|finetune_right_pad_id|>",)
+"""Tokens a tokenizer family reserves for padding (Llama-3's), used before adding a new one."""
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -178,9 +182,29 @@ def load_tokenizer(ckpt: Checkpoint | str, pad: str = "distinct") -> Any:
 
 
 def pad_for_training(tokenizer: Any) -> None:
-    """Give ``tokenizer`` a pad token distinct from EOS (added when missing)."""
-    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
-        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+    """Give ``tokenizer`` a pad token distinct from EOS, without growing the vocabulary when it can.
+
+    In order: its own pad token; its unknown token (what eCeLLM padded Mistral and Llama-2 with);
+    a reserved pad token (Llama-3's ``<|finetune_right_pad_id|>``); last, a new :data:`PAD_TOKEN`,
+    which makes the model's embeddings grow (and is logged).
+    """
+    eos = tokenizer.eos_token_id
+    if tokenizer.pad_token is not None and tokenizer.pad_token_id != eos:
+        return
+    if tokenizer.unk_token is not None and tokenizer.unk_token_id not in (None, eos):
+        tokenizer.pad_token = tokenizer.unk_token
+        return
+    vocab = tokenizer.get_vocab()
+    for token in RESERVED_PADS:
+        if token in vocab and vocab[token] != eos:
+            tokenizer.pad_token = token
+            return
+    log.warning(
+        "the tokenizer has no pad, unknown or reserved pad token: adding %s, so the model's "
+        "embeddings grow by one row (an adapter then carries the resized shapes)",
+        PAD_TOKEN,
+    )
+    tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
 
 
 def pad_for_generation(tokenizer: Any) -> None:

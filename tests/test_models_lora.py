@@ -48,6 +48,9 @@ def test_a_tokenizer_without_pad_gets_a_distinct_one_and_the_model_grows_to_fit(
     tok = AutoTokenizer.from_pretrained(folder)
     tok.pad_token = None
     tok.save_pretrained(tmp_path / "nopad")
+    for name in ("tokenizer.json", "tokenizer_config.json"):  # no reserved pad: the last resort
+        path = tmp_path / "nopad" / name
+        path.write_text(path.read_text().replace("<|finetune_right_pad_id|>", "<|reserved_9|>"))
     for f in ("config.json", "model.safetensors", "generation_config.json"):
         if (folder / f).exists():
             (tmp_path / "nopad" / f).write_bytes((folder / f).read_bytes())

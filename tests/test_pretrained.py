@@ -1,9 +1,11 @@
 """Pretrained loading: name resolution with fast offline failure, dtypes, tokenizer padding."""
 
 import time
+from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoTokenizer
 
 from caslie.errors import ConfigError, HubUnavailableError, MissingPathError
 from caslie.pretrained import (
@@ -57,14 +59,33 @@ def test_every_load_takes_the_checkpoints_settings():
     assert model_config(ckpt).model_type == "llama"
 
 
-def test_training_tokenizers_get_a_distinct_pad_and_generation_ones_pad_left(tmp_path):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(ensure_tiny("llama"))
+def _without_pad(name: str, folder: Path, rename_reserved: bool = False) -> Path:
+    tok = AutoTokenizer.from_pretrained(ensure_tiny(name))
     tok.pad_token = None
-    tok.save_pretrained(tmp_path / "nopad")
-    train = load_tokenizer(Checkpoint(str(tmp_path / "nopad")))
-    assert train.pad_token == PAD_TOKEN and train.pad_token_id != train.eos_token_id
+    tok.save_pretrained(folder)
+    if rename_reserved:
+        for file in ("tokenizer.json", "tokenizer_config.json"):
+            path = folder / file
+            path.write_text(path.read_text().replace("<|finetune_right_pad_id|>", "<|reserved_9|>"))
+    return folder
+
+
+def test_training_pads_reuse_unk_or_a_reserved_token_before_growing_the_vocabulary(tmp_path):
+    mistral = load_tokenizer(Checkpoint(str(_without_pad("mistral", tmp_path / "m"))))
+    assert mistral.pad_token == mistral.unk_token == "<unk>"  # as eCeLLM padded Mistral/Llama-2
+    llama_folder = _without_pad("llama", tmp_path / "l")
+    llama = load_tokenizer(Checkpoint(str(llama_folder)))
+    assert llama.pad_token == "<|finetune_right_pad_id|>"  # Llama-3's reserved pad
+    assert len(llama) == len(AutoTokenizer.from_pretrained(llama_folder))  # no new token
+    last = load_tokenizer(
+        Checkpoint(str(_without_pad("llama", tmp_path / "r", rename_reserved=True)))
+    )
+    assert last.pad_token == PAD_TOKEN and last.pad_token_id != last.eos_token_id
+
+
+def test_generation_tokenizers_pad_left_with_eos(tmp_path):
+    tok = AutoTokenizer.from_pretrained(ensure_tiny("llama"))
+    _without_pad("llama", tmp_path / "nopad")
     generate = load_tokenizer(Checkpoint(str(tmp_path / "nopad")), pad="eos")
     assert generate.pad_token == generate.eos_token and generate.padding_side == "left"
     assert len(generate) == len(tok)  # generation never grows the vocabulary
