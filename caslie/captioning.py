@@ -23,6 +23,7 @@ import torch
 
 from caslie.config import CaptionConfig, Config
 from caslie.data.cache import CaptionCache, text_hash
+from caslie.data.captions import NA_CAPTION
 from caslie.data.records import default_image_root
 from caslie.errors import ConfigError
 from caslie.images import ImageError, ImageLimits, load_image
@@ -207,7 +208,7 @@ def run_caption(cfg: Config, tasks: list[str] | None = None, splits: list[str] |
             ok = []
             for key, im in zip(batch, images, strict=True):
                 if isinstance(im, ImageError):
-                    record(key, "NA", "failed", str(im))
+                    record(key, NA_CAPTION, "failed", str(im))
                 else:
                     ok.append((key, im))
             if ok:
@@ -215,7 +216,7 @@ def run_caption(cfg: Config, tasks: list[str] | None = None, splits: list[str] |
                 for (key, _), text in zip(ok, texts, strict=True):
                     record(
                         key,
-                        text or "NA",
+                        text or NA_CAPTION,
                         "ok" if text else "failed",
                         None if text else "empty caption",
                     )

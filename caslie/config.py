@@ -97,6 +97,10 @@ class DataConfig:
     """Captioning model to read from a caption cache holding several (``null``: the only one)."""
     votes: str | None = None
     """Vote cache folder (one subfolder per voter); required by ``mv`` and ``single:``."""
+    na_captions: str = "vote"
+    """An "NA" caption (what captioning writes for an image it could not describe): ``vote`` treats
+    it as any other caption, voted on and fused if kept (as the reference); ``drop`` never votes on
+    or fuses it."""
     voters: list[str] = field(default_factory=lambda: list(PAPER_VOTERS))
     """Voters whose majority decides under ``mv``."""
     mv_tie: str = "no"
@@ -130,6 +134,10 @@ class DataConfig:
         if not self.captions or not self.captions.strip():
             raise ConfigError(
                 "data.captions is empty: use 'dataset' (the rows' caption_info) or a caption cache folder"
+            )
+        if self.na_captions not in ("vote", "drop"):
+            raise ConfigError(
+                f"data.na_captions must be 'vote' or 'drop', got '{self.na_captions}'"
             )
         if self.mv_tie not in ("yes", "no"):
             raise ConfigError(f"data.mv_tie must be 'yes' or 'no', got '{self.mv_tie}'")

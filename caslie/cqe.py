@@ -21,7 +21,7 @@ import torch
 
 from caslie.config import Config, CQEConfig
 from caslie.data.cache import VoteCache, text_hash
-from caslie.data.captions import CaptionSource
+from caslie.data.captions import CaptionSource, usable_caption
 from caslie.data.votes import VoteTables, decide
 from caslie.errors import ConfigError
 from caslie.jobs import (
@@ -172,7 +172,7 @@ def vote_jobs(cfg: Config, records: list[Record]) -> tuple[list[VoteJob], int]:
     for r in records:
         captions = source.get(r) or (None,) * len(r.images)
         for j, caption in enumerate(captions):
-            if caption is None or caption == "NA":
+            if not usable_caption(caption, cfg.data.na_captions):
                 uncaptioned += 1
                 continue
             jobs.append(VoteJob(r, j, caption, cqe_prompt(r, j, caption)))

@@ -4,8 +4,9 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import GOLDEN_CASES, SPLIT_MAP, golden_row
+from conftest import GOLDEN_CASES, SPLIT_MAP, golden_row, write_jsonl
 
+from caslie.cqe import vote_jobs
 from caslie.data.cache import CaptionCache, VoteCache, text_hash
 from caslie.data.fusion import fuse_records, fuse_text, text_only
 from caslie.data.records import load_records, parse_row
@@ -158,3 +159,20 @@ def test_text_only_reserialises_with_python_defaults():
     raw["input"] = '{"review":"caf\u00e9,  spaced"}'  # compact, unescaped in the source
     record = parse_row(raw, "golden", SPLIT_MAP)
     assert text_only(record) == ('{"review": "caf\\u00e9,  spaced"}', '["A: x"]')
+
+
+def test_na_captions_are_voted_and_fused_like_any_other_unless_dropped(
+    sample_config, tmp_path, sample_rows
+):
+    rows = [
+        dict(r) for r in sample_rows if r["task"] == "sentiment_analysis" and r["split"] == "train"
+    ][:4]
+    rows[0]["caption_info"] = json.dumps(["NA"])
+    data = write_jsonl(tmp_path / "rows.jsonl", rows)
+    records, _ = load_records(sample_config(f"data.source={data}").data, splits=["train"])
+    for policy, fused_na in (("vote", True), ("drop", False)):
+        cfg = sample_config(f"data.source={data}", "data.fusion=uia", f"data.na_captions={policy}")
+        fused, _ = fuse_records(records, cfg.data)
+        assert fused[0].used == (fused_na,) and all(ex.used == (True,) for ex in fused[1:])
+        jobs, _ = vote_jobs(cfg, records)
+        assert ("NA" in [j.caption for j in jobs]) is fused_na  # voting sees what fusion may keep

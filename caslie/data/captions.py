@@ -6,6 +6,17 @@ from caslie.config import DataConfig
 from caslie.data.cache import CaptionCache
 from caslie.record import Record
 
+NA_CAPTION = "NA"
+"""The caption text of an image that could not be described."""
+
+
+def usable_caption(caption: str | None, na_captions: str = "vote") -> bool:
+    """Whether a caption can be judged and fused: present, not blank, and not "NA" under
+    ``data.na_captions=drop``. Voting and fusion both ask this, so they always agree."""
+    if caption is None or not caption.strip():
+        return False
+    return not (na_captions == "drop" and caption.strip() == NA_CAPTION)
+
 
 class CaptionSource:
     """Captions per image slot of a record, as ``data.captions`` says where to find them.

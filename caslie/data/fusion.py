@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from caslie.config import DataConfig
 from caslie.data.cache import text_hash
-from caslie.data.captions import CaptionSource
+from caslie.data.captions import CaptionSource, usable_caption
 from caslie.data.votes import decide, open_votes
 from caslie.errors import CoverageError
 from caslie.record import Record
@@ -169,14 +169,14 @@ def fuse_records(
         used, votes = [], []
         for j, cap in enumerate(caps):
             slot_votes: dict[str, str] = {}
-            if tables is not None and cap is not None and cap.strip():
+            usable = usable_caption(cap, cfg.na_captions)
+            if tables is not None and usable:
                 key = (r.id, j, text_hash(cap))
                 slot_votes = tables.votes(key)
                 for v in tables.missing(key):
                     missing[v] += 1
                     if len(missing_examples) < 3 and f"{r.id}[{j}]" not in missing_examples:
                         missing_examples.append(f"{r.id}[{j}]")
-            usable = cap is not None and bool(cap.strip())
             keep = usable and (
                 kind == "uia"
                 or (len(slot_votes) == len(voters) and decide(slot_votes, voters, cfg.mv_tie))
