@@ -25,7 +25,7 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from callbacks.data_manifest import DataManifest
 from callbacks.eval_report import EvalReport
 from callbacks.throughput import TokenThroughput
-from caslie.checkpoints import AtomicCheckpointIO, resolve_ckpt
+from caslie.checkpoints import AtomicCheckpointIO, checkpoint_path, resolve_ckpt
 from caslie.config import Config, DataConfig, load_config, to_dict
 from caslie.data.records import default_image_root
 from caslie.errors import EXIT_USER_ERROR, CaslieError
@@ -90,7 +90,9 @@ def tiny_model_defaults(cfg: Config) -> list[str]:
     return notes
 
 
-def build_data_and_module(cfg: Config, run_dir: Path) -> tuple[CaslieDataModule, L.LightningModule]:
+def build_data_and_module(
+    cfg: Config, run_dir: Path, adapter: bool = True
+) -> tuple[CaslieDataModule, L.LightningModule]:
     """The datamodule and LightningModule that ``model.kind`` names (nothing is loaded yet but the
     tokenizer or processor: the data build runs in ``prepare_data``, the weights in
     ``configure_model``)."""
@@ -111,7 +113,7 @@ def build_data_and_module(cfg: Config, run_dir: Path) -> tuple[CaslieDataModule,
         cfg.data, tokenizer, cfg.optim.micro_batch_size, cfg.optim.eval_batch_size, cfg.run.seed,
         generate_on_val=generates_on_val(cfg), context_length=context,
     )  # fmt: skip
-    return dm, LoRAInstructModule(cfg, tokenizer, run_dir)
+    return dm, LoRAInstructModule(cfg, tokenizer, run_dir, adapter=adapter)
 
 
 def generates_on_val(cfg: Config) -> bool:
@@ -229,6 +231,40 @@ def run(cfg: Config, callbacks: list | None = None) -> RunResult:
     return RunResult(run_dir, dm.manifest, metrics, best, report.table)
 
 
+def predict(cfg: Config, adapter_run: Path | None = None, which: str = "best") -> RunResult:
+    """Evaluation only: the configured model (a released checkpoint such as ``NingLab/CASLIE-M``), or
+    its base plus the adapter of a training run, tested on every evaluation split with the same
+    data, fusion, prompts, generation, predictions and ``metrics.json`` as a training run's test.
+
+    Writes ``<run.output_dir>/<run.name>/`` (with ``adapter_run``: ``<adapter_run>/predict/``).
+
+    Args:
+        cfg: The run config (for ``adapter_run``, the run's own config plus any overrides).
+        adapter_run: A training run folder whose adapter is loaded.
+        which: The run's checkpoint: ``best``, ``last`` or a file.
+    """
+    if adapter_run is not None:
+        ckpt: str | None = str(checkpoint_path(adapter_run, which))
+        run_dir = adapter_run / "predict"
+    else:
+        ckpt = None
+        run_dir = Path(cfg.run.output_dir) / resolve_run_name(cfg)
+    for note in tiny_model_defaults(cfg):
+        log.warning(note)
+    save_config(cfg, run_dir, allow_change=True)  # a re-run replaces the last prediction
+    L.seed_everything(cfg.run.seed, workers=True, verbose=False)
+    dm, module = build_data_and_module(cfg, run_dir, adapter=adapter_run is not None)
+    image_root = (
+        Path(cfg.data.image_root) if cfg.data.image_root else default_image_root(cfg.data.source)
+    )
+    report = EvalReport(run_dir, image_root, 0)
+    loggers = [CSVLogger(str(run_dir), name="csv", version="")]
+    trainer = build_trainer(cfg, run_dir, loggers, [DataManifest(run_dir), report])
+    trainer.test(module, datamodule=dm, ckpt_path=ckpt)
+    metrics = module.eval_results.get("metrics", {})
+    return RunResult(run_dir, dm.manifest, metrics, ckpt or "", report.table)
+
+
 def main(argv: list[str] | None = None) -> int:
     """The command line: ``--config``, ``--resume`` and dotted overrides in any order."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -240,13 +276,21 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="continue the run from its newest checkpoint (same as trainer.ckpt_path=last)",
     )
+    parser.add_argument("--predict", action="store_true",
+                        help="evaluation only: test the configured model (see caslie predict)")  # fmt: skip
+    parser.add_argument(
+        "--adapter-run", type=Path, help="with --predict: a run whose adapter is tested"
+    )
+    parser.add_argument(
+        "--checkpoint", default="best", help="with --adapter-run: best, last or a file"
+    )
     args, overrides = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(args.config, overrides + ["trainer.ckpt_path=last"] * args.resume)
         if cfg.run.name == AUTO_NAME:
             cfg.run.name = auto_run_name(args.config, overrides)
-        result = run(cfg)
+        result = predict(cfg, args.adapter_run, args.checkpoint) if args.predict else run(cfg)
     except CaslieError as err:
         print(f"train.py: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR

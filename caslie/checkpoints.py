@@ -28,6 +28,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         os.replace(tmp, path)
 
 
+def checkpoint_path(run_dir: Path, which: str) -> Path:
+    """``best``/``last`` of a run folder, or an explicit checkpoint file."""
+    path = run_dir / "checkpoints" / f"{which}.ckpt" if which in ("best", "last") else Path(which)
+    if not path.is_file():
+        raise MissingPathError(
+            f"checkpoint {path} does not exist (train the run first, or pass --checkpoint)"
+        )
+    return path
+
+
 def _step(path: Path) -> int:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)

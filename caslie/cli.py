@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import subprocess
 import sys
 from pathlib import Path
 
 from caslie.config import SPLITS, Config, load_config
 from caslie.data.fusion import fuse_records
 from caslie.data.records import load_records
-from caslie.errors import EXIT_USER_ERROR, CaslieError
+from caslie.errors import EXIT_USER_ERROR, CaslieError, ConfigError, MissingPathError
 from caslie.parsing import PARSERS
 from caslie.prompts import render_prompt
 
@@ -67,6 +68,36 @@ def inspect(cfg: Config, split: str, n: int, fmt: str, out=sys.stdout) -> int:
     return len(fused)
 
 
+TRAIN_PY = Path(__file__).resolve().parents[1] / "train.py"
+"""The composition root, which ``caslie predict`` starts as a process (caslie sits below it)."""
+
+
+def predict(args: argparse.Namespace, overrides: list[str]) -> int:
+    """``caslie predict``: run ``train.py --predict`` and return its exit code.
+
+    Raises:
+        ConfigError: neither ``--config`` nor ``--run``, or both ``--model`` and ``--run``.
+        MissingPathError: ``train.py`` is not beside the package (caslie runs from its repository).
+    """
+    if args.config is None and args.run is None:
+        raise ConfigError("caslie predict needs --config (with --model) or --run")
+    if args.model and args.run:
+        raise ConfigError(
+            "caslie predict takes --model or --run, not both (--run brings its base model)"
+        )
+    if not TRAIN_PY.is_file():
+        raise MissingPathError(
+            f"caslie predict runs {TRAIN_PY}, which does not exist; run it from the repository"
+        )
+    config = args.config or str(args.run / "config.yaml")
+    command = [sys.executable, str(TRAIN_PY), "--predict", "--config", config, *overrides]
+    if args.model:
+        command.append(f"model.name_or_path={args.model}")
+    if args.run:
+        command += ["--adapter-run", str(args.run), "--checkpoint", args.checkpoint]
+    return subprocess.run(command, check=False).returncode
+
+
 def _rounded(value, digits: int = 4):
     """``value`` with every float rounded, for printing."""
     if isinstance(value, dict):
@@ -107,6 +138,13 @@ def _parser() -> argparse.ArgumentParser:
         else:
             job.add_argument("--compare", action="store_true",
                              help="also run generate mode and report its agreement with score mode")  # fmt: skip
+    pr = sub.add_parser(
+        "predict", help="evaluation only: a released checkpoint, or a run's adapter"
+    )
+    pr.add_argument("--config", help="YAML config (default with --run: the run's config.yaml)")
+    pr.add_argument("--model", help="the checkpoint to evaluate (hub id, folder or tiny:<name>)")
+    pr.add_argument("--run", type=Path, help="a training run whose adapter is evaluated")
+    pr.add_argument("--checkpoint", default="best", help="with --run: best, last or a file")
     ex = sub.add_parser("export", help="merge a run's LoRA adapter into its base model")
     ex.add_argument("--run", required=True, type=Path, help="the run folder (runs/<name>)")
     ex.add_argument("--out", required=True, type=Path, help="folder for the merged model")
@@ -118,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``caslie``."""
     parser = _parser()
     args, overrides = parser.parse_known_args(argv)
-    if overrides and args.command not in ("inspect", "caption", "vote"):
+    if overrides and args.command not in ("inspect", "caption", "vote", "predict"):
         parser.error(f"unrecognized arguments: {' '.join(overrides)}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -141,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(_rounded(metrics), indent=2))
             if args.out:  # the file keeps every digit (float64)
                 args.out.write_text(json.dumps(metrics, indent=2) + "\n")
+        elif args.command == "predict":
+            return predict(args, overrides)
         elif args.command == "export":
             from caslie.export import export_merged
 

@@ -449,11 +449,16 @@ class EvalConfig:
     """Restrict decoding to valid labels."""
     generate_on_val: bool = True
     """Generate answers on val at each validation and log their metrics."""
+    preset: str = "fast"
+    """``fast``: answers sized to the task's labels; ``reference``: the reference's inference.py
+    (100 new tokens, EOS as the pad id; greedy and left-padded either way)."""
     select: str = "primary"
     """What picks ``best.ckpt`` on val: ``primary`` (the mean primary metric of the generated
     answers) or ``loss`` (the val loss, as eCeLLM's Trainer chose)."""
 
     def __post_init__(self) -> None:
+        if self.preset not in ("fast", "reference"):
+            raise ConfigError(f"eval.preset must be 'fast' or 'reference', got '{self.preset}'")
         if self.select not in ("primary", "loss"):
             raise ConfigError(f"eval.select must be 'primary' or 'loss', got '{self.select}'")
         if self.parser not in ("paper", "robust"):

@@ -8,22 +8,13 @@ from pathlib import Path
 
 import torch
 
+from caslie.checkpoints import checkpoint_path
 from caslie.config import load_config
-from caslie.errors import CheckpointError, MissingPathError
+from caslie.errors import CheckpointError
 from caslie.models.lora import build_lora_model
 from caslie.pretrained import tokenizer_for
 
 log = logging.getLogger(__name__)
-
-
-def checkpoint_path(run_dir: Path, which: str) -> Path:
-    """``best``/``last`` of a run folder, or an explicit checkpoint file."""
-    path = run_dir / "checkpoints" / f"{which}.ckpt" if which in ("best", "last") else Path(which)
-    if not path.is_file():
-        raise MissingPathError(
-            f"checkpoint {path} does not exist (train the run first, or pass --checkpoint)"
-        )
-    return path
 
 
 def load_adapted(run_dir: Path, which: str = "best"):

@@ -62,6 +62,7 @@ def generate_answers(
     attention_mask: torch.Tensor,
     max_new_tokens: int,
     tries: Sequence[LabelTrie] | None = None,
+    pad_id: int | None = None,
 ) -> list[str]:
     """Greedy, KV-cached generation for a left-padded batch; returns the decoded new text per row.
 
@@ -72,6 +73,7 @@ def generate_answers(
         attention_mask: Its mask.
         max_new_tokens: Generation budget.
         tries: One :class:`LabelTrie` per row to constrain decoding to its valid labels.
+        pad_id: The pad id generation writes after a row has ended (default: the tokenizer's).
     """
     width = input_ids.shape[1]
     allowed = None
@@ -87,7 +89,7 @@ def generate_answers(
         do_sample=False,
         num_beams=1,
         use_cache=True,
-        pad_token_id=tokenizer.pad_token_id,
+        pad_token_id=tokenizer.pad_token_id if pad_id is None else pad_id,
         eos_token_id=tokenizer.eos_token_id,
         prefix_allowed_tokens_fn=allowed,
     )

@@ -25,7 +25,7 @@ from caslie.data.sample import write_synthetic
 from caslie.errors import ConfigError, DataError, NonFiniteLossError
 from caslie.evaluation import score_rows
 from caslie.tiny import ensure_tiny
-from train import run
+from train import predict, run
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -384,3 +384,38 @@ def test_mv_beats_text_only_on_caption_dependent_rows(tmp_path):
     assert results["mv"][True] >= results["none"][True] + MARGIN
     assert results["mv"][True] >= 0.8
     assert results["mv"][False] >= 0.8  # captions do not cost the text-cued rows
+
+
+def test_predict_with_a_runs_adapter_reproduces_its_test(demo_run):
+    cfg, result = demo_run
+    predicted = predict(cfg, adapter_run=result.run_dir)
+    assert predicted.run_dir == result.run_dir / "predict"
+    assert predicted.metrics == result.metrics  # same adapter, data, prompts and decoding
+    saved = json.loads((predicted.run_dir / "metrics.json").read_text())
+    assert saved["metrics"] == result.metrics
+    assert (predicted.run_dir / "predictions" / "test_ood.jsonl").is_file()
+
+
+def test_caslie_predict_evaluates_a_released_checkpoint_offline(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "caslie.cli", "predict", "--config", "configs/demo.yaml",
+         "--model", "tiny:mistral", "run.name=released", f"run.output_dir={tmp_path}",
+         f"data.cache_dir={tmp_path / 'cache'}", "data.tasks=[sa,ap]", "eval.preset=reference",
+         "trainer.enable_progress_bar=false"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    saved = json.loads((tmp_path / "released" / "metrics.json").read_text())
+    assert set(saved["metrics"]) == {"val", "test_ind", "test_ood"}
+    rows = [
+        json.loads(line) for line in (tmp_path / "released" / "predictions" / "val.jsonl").open()
+    ]
+    assert rows and {r["task"] for r in rows} == {"sa", "ap"}
+    assert not (tmp_path / "released" / "checkpoints").exists()  # nothing was trained
+
+
+def test_a_released_checkpoint_that_is_not_a_causal_lm_is_named(tmp_path):
+    cfg = _config(tmp_path, "model.name_or_path=tiny:clip", "model.tokenizer=tiny:mistral",
+                  "logger.wandb.mode=disabled", "data.tasks=[sa]")  # fmt: skip
+    with pytest.raises(ConfigError, match="'tiny:clip' is not a causal language model"):
+        predict(cfg)

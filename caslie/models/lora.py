@@ -16,6 +16,9 @@ from caslie.pretrained import Checkpoint, load_model
 
 log = logging.getLogger(__name__)
 
+REFERENCE_NEW_TOKENS = 100
+"""New tokens per answer in the reference's ``inference.py`` (``eval.preset=reference``)."""
+
 
 def linear_names(model: torch.nn.Module) -> list[str]:
     """Short names of the model's linear layers (what LoRA target lists refer to)."""
@@ -53,7 +56,16 @@ def load_base_model(
     """Load the causal LM a model config names, sized to ``tokenizer``, pad token set."""
     from transformers import AutoModelForCausalLM
 
-    model = load_model(Checkpoint.from_config(model_cfg), AutoModelForCausalLM, dtype)
+    ckpt = Checkpoint.from_config(model_cfg)
+    try:
+        model = load_model(ckpt, AutoModelForCausalLM, dtype)
+    except ValueError as err:
+        if "Unrecognized configuration class" not in str(err):
+            raise
+        raise ConfigError(
+            f"model.name_or_path '{model_cfg.name_or_path}' is not a causal language model "
+            f"({type(err).__name__}: {str(err).splitlines()[0][:160]})"
+        ) from None
     _fit_vocab(model, tokenizer)
     model.config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -111,15 +123,19 @@ class LoRAInstructModule(CaslieModule):
         cfg: The run config.
         tokenizer: The tokenizer (pad token distinct from EOS).
         run_dir: Where non-finite-loss checkpoints go.
+        adapter: Attach a LoRA adapter (off: evaluate the model as it is, e.g. a released merged
+            checkpoint).
     """
 
-    def __init__(self, cfg: Config, tokenizer: Any, run_dir: Path | None = None):
+    def __init__(self, cfg: Config, tokenizer: Any, run_dir: Path | None = None,
+                 adapter: bool = True):  # fmt: skip
         super().__init__(cfg, run_dir)
         if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
             raise ValueError(
                 "the tokenizer needs a pad token distinct from EOS (caslie.pretrained.load_tokenizer)"
             )
         self.tokenizer = tokenizer
+        self.adapter = adapter
         self.model: Any = None
         self.strict_loading = False  # checkpoints hold the adapter only
         self._tries: dict[str, LabelTrie] = {}
@@ -142,6 +158,9 @@ class LoRAInstructModule(CaslieModule):
 
     def configure_model(self) -> None:
         """Load the base model and attach the adapter (once)."""
+        if self.model is None and not self.adapter:
+            self.model = load_base_model(self.cfg.model, self.tokenizer).eval()
+            self.model.requires_grad_(False)
         if self.model is None:
             self.model = build_lora_model(self.cfg.model, self.tokenizer)
             self.model.train()  # from_pretrained returns eval mode; the loop expects train mode
@@ -219,11 +238,15 @@ class LoRAInstructModule(CaslieModule):
         return self.cfg.eval.generate_on_val
 
     def _generate(self, batch: dict[str, Any]) -> list[str]:
-        budget = self.cfg.eval.max_new_tokens or max(self._budget.get(t, 8) for t in batch["task"])
-        tries = [self._tries[t] for t in batch["task"]] if self.cfg.eval.constrained else None
-        return generate_answers(
-            self.model, self.tokenizer, batch["input_ids"], batch["attention_mask"], budget, tries
-        )
+        ev = self.cfg.eval
+        if ev.preset == "reference":  # inference.py: 100 new tokens, EOS pads
+            budget, pad_id = ev.max_new_tokens or REFERENCE_NEW_TOKENS, self.tokenizer.eos_token_id
+        else:
+            budget = ev.max_new_tokens or max(self._budget.get(t, 8) for t in batch["task"])
+            pad_id = self.tokenizer.pad_token_id
+        tries = [self._tries[t] for t in batch["task"]] if ev.constrained else None
+        return generate_answers(self.model, self.tokenizer, batch["input_ids"],
+                                batch["attention_mask"], budget, tries, pad_id=pad_id)  # fmt: skip
 
     def _collect(self, batch: dict[str, Any]) -> None:
         generated = self._generate(batch)
