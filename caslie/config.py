@@ -103,8 +103,12 @@ class DataConfig:
     or fuses it."""
     voters: list[str] = field(default_factory=lambda: list(PAPER_VOTERS))
     """Voters whose majority decides under ``mv``."""
+    mv_rule: str = "plurality"
+    """How ``mv`` decides: ``plurality`` (the reference: the most common answer over the voters in
+    their order, a tie going to the earliest voter's answer; kept when it is "yes") or ``majority``
+    (more yes than other answers, a tie going to ``mv_tie``)."""
     mv_tie: str = "no"
-    """Outcome of a tied majority vote (even number of voters): ``no`` or ``yes``."""
+    """Outcome of a tied vote under ``mv_rule=majority`` (even number of voters): ``no`` or ``yes``."""
     prompt_template: str = "mistral"
     """``mistral`` (the paper's template, byte-exact) or ``chat`` (the tokenizer's chat template)."""
     max_length: int = 2048
@@ -138,6 +142,10 @@ class DataConfig:
         if self.na_captions not in ("vote", "drop"):
             raise ConfigError(
                 f"data.na_captions must be 'vote' or 'drop', got '{self.na_captions}'"
+            )
+        if self.mv_rule not in ("plurality", "majority"):
+            raise ConfigError(
+                f"data.mv_rule must be 'plurality' or 'majority', got '{self.mv_rule}'"
             )
         if self.mv_tie not in ("yes", "no"):
             raise ConfigError(f"data.mv_tie must be 'yes' or 'no', got '{self.mv_tie}'")
@@ -410,6 +418,9 @@ class CQEConfig:
 
     models: dict[str, str] = field(default_factory=lambda: dict(PAPER_VOTER_MODELS))
     """Voter name -> checkpoint (hub id, local folder or ``tiny:<name>``)."""
+    prompts: str = "reference"
+    """CQE prompt set: ``reference`` (the published code's prompts byte for byte, with its system
+    message for text voters: what the released votes were made with) or ``paper`` (Appendix C)."""
     mode: str = "score"
     """``score``: one forward pass, P(yes) against P(no); ``generate``: the reference way (generate
     ``max_new_tokens`` and read the start)."""
@@ -423,6 +434,8 @@ class CQEConfig:
     """Allow model code from the hub."""
 
     def __post_init__(self) -> None:
+        if self.prompts not in ("reference", "paper"):
+            raise ConfigError(f"cqe.prompts must be 'reference' or 'paper', got '{self.prompts}'")
         if self.mode not in ("score", "generate"):
             raise ConfigError(f"cqe.mode must be 'score' or 'generate', got '{self.mode}'")
         if self.batch_size < 1 or self.max_new_tokens < 1:

@@ -41,7 +41,7 @@ from caslie.pretrained import (
     model_config,
     pad_for_generation,
 )
-from caslie.prompts import cqe_prompt
+from caslie.prompts import REFERENCE_CQE, REFERENCE_SYSTEM, cqe_prompt
 from caslie.record import Record
 from caslie.tasks import TASKS
 
@@ -66,6 +66,11 @@ class VoteJob:
     @property
     def key(self) -> tuple[str, int, str]:
         return self.record.id, self.index, text_hash(self.caption)
+
+
+def cqe_template(task: str, prompt_set: str) -> str:
+    """The CQE template of ``task`` in a prompt set (its hash keys the votes made with it)."""
+    return REFERENCE_CQE[task] if prompt_set == "reference" else TASKS[task].cqe_template
 
 
 def read_answer(text: str) -> str | None:
@@ -113,16 +118,20 @@ class Voter:
         else:
             self.tokenizer = load_tokenizer(ckpt, pad="eos")
             model_cls = AutoModelForCausalLM
+        self.vision = model_cls is AutoModelForImageTextToText
         self.model = load_model(ckpt, model_cls).to(device).eval()
         self.yes_ids = answer_token_ids(self.tokenizer, "yes")
         self.no_ids = answer_token_ids(self.tokenizer, "no")
         self.templated = bool(getattr(self.tokenizer, "chat_template", None))
 
     def render(self, instruction: str) -> str:
-        """The instruction as a user turn in the voter's chat template."""
+        """The instruction as a user turn in the voter's chat template; with the reference prompts,
+        a text voter also gets the reference system message."""
         if not self.templated:
             return instruction
         messages = [{"role": "user", "content": instruction}]
+        if self.cfg.prompts == "reference" and not self.vision:
+            messages.insert(0, {"role": "system", "content": REFERENCE_SYSTEM})
         return self.tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, tokenize=False
         )
@@ -175,8 +184,15 @@ def vote_jobs(cfg: Config, records: list[Record]) -> tuple[list[VoteJob], int]:
             if not usable_caption(caption, cfg.data.na_captions):
                 uncaptioned += 1
                 continue
-            jobs.append(VoteJob(r, j, caption, cqe_prompt(r, j, caption)))
+            jobs.append(VoteJob(r, j, caption, cqe_prompt(r, j, caption, cfg.cqe.prompts)))
     return jobs, uncaptioned
+
+
+def read_reference_answer(text: str, vision: bool = False) -> str:
+    """A generated answer read as the reference reads it: the first three characters (a vision
+    voter's: of its last line, cut at the first "<"), without "." and ",", lower-cased."""
+    head = text.split("\n")[-1].split("<")[0].strip() if vision else text.replace("\n", " ").strip()
+    return head[:3].strip().strip(".").strip(",").lower()
 
 
 def _vote_batch(voter: Voter, prompts: list[str], mode: str) -> list[dict[str, Any]]:
@@ -185,8 +201,9 @@ def _vote_batch(voter: Voter, prompts: list[str], mode: str) -> list[dict[str, A
             {"vote": "yes" if p >= 0.5 else "no", "p_yes": round(p, 6), "answer": None}
             for p in voter.score(prompts)
         ]
-    # The reference reads the start of the answer; anything else counts as "no".
-    return [{"vote": "yes" if read_answer(t) == "yes" else "no", "p_yes": None, "answer": t}
+    # The reference's reading; an answer that is neither yes nor no stays as read (it is a vote of
+    # its own under the plurality rule, and not a yes under the majority rule).
+    return [{"vote": read_reference_answer(t, voter.vision), "p_yes": None, "answer": t}
             for t in voter.generate(prompts)]  # fmt: skip
 
 
@@ -244,7 +261,8 @@ def run_vote(cfg: Config, tasks: list[str] | None = None, splits: list[str] | No
     # Deal captions to ranks before consulting the cache: a rank owns the same ones whatever the
     # others have written meanwhile.
     my_jobs = my_share(all_jobs, rank, world)
-    template = {t: text_hash(TASKS[t].cqe_template) for t in TASKS}
+    template = {t: text_hash(cqe_template(t, cfg.cqe.prompts)) for t in TASKS}
+    other_answers: dict[str, int] = {}
     for name in cfg.data.voters:
         cached = cache.load(name)
         mine = [j for j in my_jobs if j.key not in cached]
@@ -265,6 +283,8 @@ def run_vote(cfg: Config, tasks: list[str] | None = None, splits: list[str] | No
                         writer.write({"row_id": row_id, "image_index": index, "voter": name, "caption_sha": sha,
                                       "template": template[job.record.task], "mode": cfg.cqe.mode, **vote})  # fmt: skip
                         summary.done += 1
+                        if vote["vote"] not in ("yes", "no"):
+                            other_answers[name] = other_answers.get(name, 0) + 1
                     bar.update(len(groups[prompt]))
         bar.close()
         if compare:
@@ -272,6 +292,8 @@ def run_vote(cfg: Config, tasks: list[str] | None = None, splits: list[str] | No
                 voter, my_jobs, cfg.cqe.batch_size
             )
         voter.close()
+    for name, n in other_answers.items():
+        summary.extra[f"answers neither yes nor no, {name}"] = n
     summary.extra["caption used % (mv over data.voters)"] = _used_pct(cache, cfg, all_jobs)
     summary.seconds = time.perf_counter() - start
     return summary
@@ -284,5 +306,5 @@ def _used_pct(cache: VoteCache, cfg: Config, jobs: list[VoteJob]) -> float | Non
         votes = tables.votes(job.key)
         if len(votes) == len(cfg.data.voters):
             decided += 1
-            used += decide(votes, cfg.data.voters, cfg.data.mv_tie)
+            used += decide(votes, cfg.data.voters, cfg.data.mv_tie, cfg.data.mv_rule)
     return round(100 * used / decided, 1) if decided else None

@@ -162,8 +162,53 @@ def caption_instruction(
     return f"{base} {length_instruction}".strip()
 
 
-def cqe_prompt(record: Record, index: int, caption: str) -> str:
-    """The Appendix C caption-quality instruction for one image slot and its caption."""
+def cqe_prompt(record: Record, index: int, caption: str, prompt_set: str = "paper") -> str:
+    """The caption-quality instruction for one image slot and its caption.
+
+    Args:
+        record: The row.
+        index: The image slot.
+        caption: The caption judged.
+        prompt_set: ``reference`` (the published code's text, byte for byte, that the released
+            votes were made with) or ``paper`` (the Appendix C wording).
+    """
+    if prompt_set == "reference":
+        return REFERENCE_CQE[record.task].format(**reference_cqe_values(record, index, caption))
     return fill(
         TASKS[record.task].cqe_template, slot_contexts(record)[index] | {"caption": caption}
     )
+
+
+# The CQE prompts of the published code, byte for byte (its quirks included: "that extracted",
+# "product title : ", "from product image", history and options alike "from purchase history").
+REFERENCE_CQE = {
+    "ap": "The task needs to identify if the question: '{question}', is answerable based on the related document. Here is the additional information about the product that extracted from the product image: '{caption}'. You need to determine if the information extracted from the image will help to identify the question's answerability. Only output yes or no.",
+    "cc": "The task needs to identify the product's fine-grained category. Here is the product title : '{title}', and additional information about the product that extracted from the product image: '{caption}'. You need to determine if the information extracted from the image will help to identify the category. Only output yes or no.",
+    "prp": "The model needs to identify if the two products are similar or will be purchased together or be viewed together given the title of the product 1: '{product1}', and the product 2: '{product2}'. Here is the additional information about the product {n} extracted from its image: '{caption}', you need to determine if the information extracted from the image will be helpful in identifying the relation between the two products. Only output yes or no.",
+    "psi": "The model needs to identify if the product is somewhat relevant to the query but fails to fulfill some aspects of the query but the product can be used as a functional substitute. Given a user's query: '{query}' and a product title: '{title}', as well as additional information about the product extracted from the product image: '{caption}', you need to determine if the information extracted from the image will be helpful in identifying the relevance between the product and the query. Only output yes or no.",
+    "mpc": "The model needs to predict the relevance between the query and product by analyzing the user's query: '{query}', and product title: '{title}'. Here is the additional information about the product extracted from product image: '{caption}', you need to determine if the information extracted from the image will be helpful in predicting the relevance result. Only output yes or no.",
+    "sa": "The task needs to identify the user's sentiment based on their review: '{review}'. Here is the additional information about the product extracted from the user review's image: '{caption}'. You need to determine if the information extracted from the image will help to identify the user's sentiment. Only output yes or no.",
+    "sr": "The task needs to recommend the next product that the user may be interested in based on the user's purchase history. Here is the title of a product from purchase history: '{title}', and the information extracted from the product image: {caption}. You need to determine if the information extracted from the image will be helpful for recommendation. Only output yes or no.",
+}  # fmt: skip
+
+REFERENCE_SYSTEM = "You are a helpful AI assistant."
+"""The system message the reference gives its text voters (its vision voter gets none)."""
+
+
+def reference_cqe_values(record: Record, index: int, caption: str) -> dict[str, str]:
+    """The values the reference fills its CQE prompt with, for one image slot.
+
+    PRP keeps product 1 then product 2 in both prompts and names the product judged; SR takes each
+    item's text after its first ``": "`` (history items first, then options).
+    """
+    inp: Any = record.input
+    values = {"caption": caption}
+    if record.task == "sr":
+        items = list(inp) + list(record.options or [])
+        return values | {"title": items[index].split(": ", 1)[-1]}
+    if record.task == "prp":
+        return values | {"product1": str(inp.get("product 1", "")),
+                         "product2": str(inp.get("product 2", "")), "n": str(index + 1)}  # fmt: skip
+    keys = {"ap": ("question",), "cc": ("title",), "psi": ("query", "product title"),
+            "mpc": ("query", "product title"), "sa": ("review",)}[record.task]  # fmt: skip
+    return values | {k.replace("product ", ""): str(inp.get(k, "")) for k in keys}

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from caslie.config import DataConfig
 from caslie.data.records import SAMPLE_ROWS, load_records
-from caslie.prompts import MISTRAL_WITH_OPTIONS, cqe_prompt
+from caslie.prompts import MISTRAL_WITH_OPTIONS, REFERENCE_SYSTEM, cqe_prompt
 
 SPECIAL_MISTRAL = ["<unk>", "<s>", "</s>", "<pad>"]
 SPECIAL_LLAMA = ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>", "<|start_header_id|>",
@@ -166,11 +166,15 @@ def build_model(name: str, tokenizer, seed: int = 0):
 
 
 def _calibration_prompts(tokenizer) -> list[str]:
-    """CQE prompts for the sample's captions, in the tokenizer's chat template."""
+    """The default (reference) CQE prompts for the sample's captions, with the reference system
+    message, in the tokenizer's chat template: what a text voter sees by default."""
     records, _ = load_records(DataConfig(source="sample"), splits=["train", "val"])
-    prompts = [cqe_prompt(r, j, c) for r in records for j, c in enumerate(r.captions or ()) if c]
-    return [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                          tokenize=False) for p in prompts]  # fmt: skip
+    prompts = [cqe_prompt(r, j, c, "reference") for r in records
+               for j, c in enumerate(r.captions or ()) if c]  # fmt: skip
+    system = {"role": "system", "content": REFERENCE_SYSTEM}
+    return [tokenizer.apply_chat_template([system, {"role": "user", "content": p}],
+                                          add_generation_prompt=True, tokenize=False)
+            for p in prompts]  # fmt: skip
 
 
 def _make_decisive(model, tokenizer) -> None:

@@ -12,7 +12,14 @@ import pytest
 from conftest import cqe_config as _cfg
 
 from caslie.config import load_config
-from caslie.cqe import Voter, answer_token_ids, read_answer, run_vote, vote_jobs
+from caslie.cqe import (
+    Voter,
+    answer_token_ids,
+    read_answer,
+    read_reference_answer,
+    run_vote,
+    vote_jobs,
+)
 from caslie.data.cache import VoteCache, read_shards
 from caslie.data.fusion import fuse_records
 from caslie.errors import ConfigError
@@ -141,3 +148,25 @@ def test_kill_9_mid_vote_then_rerun_gives_every_vote_exactly_once(tmp_path):
             for e in read_shards(tmp_path / "votes" / voter)
         )
         assert set(counts) == {j.key for j in jobs} and set(counts.values()) == {1}, voter
+
+
+@pytest.mark.parametrize(
+    ("text", "vision", "vote"),
+    [("Yes, it helps", False, "yes"), ("No.", False, "no"), ("no,", False, "no"),
+     ("\nYes", False, "yes"), ("The image shows", False, "the"),
+     ("some preamble\nyes<|eot_id|>", True, "yes"), ("No<|eot_id|>", True, "no")],
+)  # fmt: skip
+def test_generated_answers_are_read_as_the_reference_reads_them(text, vision, vote):
+    assert read_reference_answer(text, vision) == vote
+
+
+def test_text_voters_get_the_reference_system_message_and_the_vision_voter_none(tmp_path):
+    cfg = _cfg(tmp_path)
+    text_voter = Voter("tiny-llama", cfg.cqe.models["tiny-llama"], cfg.cqe)
+    assert "You are a helpful AI assistant." in text_voter.render("Is it useful?")
+    vision_voter = Voter("tiny-llava", cfg.cqe.models["tiny-llava"], cfg.cqe)
+    assert "You are a helpful AI assistant." not in vision_voter.render("Is it useful?")
+    paper = _cfg(tmp_path, "cqe.prompts=paper")
+    assert "helpful AI" not in Voter(
+        "tiny-llama", paper.cqe.models["tiny-llama"], paper.cqe
+    ).render("x")

@@ -179,7 +179,10 @@ def fuse_records(
                         missing_examples.append(f"{r.id}[{j}]")
             keep = usable and (
                 kind == "uia"
-                or (len(slot_votes) == len(voters) and decide(slot_votes, voters, cfg.mv_tie))
+                or (
+                    len(slot_votes) == len(voters)
+                    and decide(slot_votes, voters, cfg.mv_tie, cfg.mv_rule)
+                )
             )
             used.append(keep)
             votes.append(slot_votes)

@@ -6,6 +6,7 @@ fusion and by the vote summary alike, so the two always decide the same way.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,8 +18,17 @@ VoteKey = tuple[str, int, str]
 """(row id, image index, caption hash): what a vote is about."""
 
 
-def decide(votes: dict[str, str], voters: Sequence[str], tie: str) -> bool:
-    """Majority of ``voters``: more yes than no keeps the caption; a tie goes to ``tie``."""
+def decide(votes: dict[str, str], voters: Sequence[str], tie: str = "no",
+           rule: str = "majority") -> bool:  # fmt: skip
+    """Whether ``voters`` keep a caption, given each one's answer (``yes``, ``no``, or another
+    answer a generating voter gave).
+
+    ``majority``: more yes than other answers; a tie goes to ``tie``. ``plurality`` (the reference):
+    the most common answer in voter order, a tie going to the answer met first, keeps the caption
+    when it is ``yes``.
+    """
+    if rule == "plurality":
+        return Counter(votes[v] for v in voters).most_common(1)[0][0] == "yes"
     yes = sum(votes[v] == "yes" for v in voters)
     no = len(voters) - yes
     return yes > no or (yes == no and tie == "yes")
