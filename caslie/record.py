@@ -24,6 +24,8 @@ class Record:
         captions: Parsed ``caption_info`` (same order as ``images``), or ``None`` if absent.
         location: Where the row came from (``file:line``), for messages.
         extras: Columns outside the schema, kept as they are.
+        null_options: The row's ``options`` is the JSON text ``"null"``: the prompt shows an options
+            block reading ``null``, as the reference renders it.
     """
 
     id: str
@@ -37,6 +39,7 @@ class Record:
     captions: tuple[str | None, ...] | None
     location: str
     extras: dict[str, Any] = field(default_factory=dict, compare=False)
+    null_options: bool = False
 
     @property
     def task_spec(self) -> Task:

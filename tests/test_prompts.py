@@ -108,3 +108,15 @@ def test_reference_cqe_prompts_equal_the_published_code_on_every_sample_row(samp
             assert cqe_prompt(record, j, caption, "reference") == expected[j], (record.id, j)
             checked += 1
     assert checked > 354  # every image of every row, every task
+
+
+def test_options_that_read_null_render_as_the_reference_renders_them():
+    raw = dict(GOLDEN_CASES["psi"][0], options="null")
+    record = parse_row(raw, "golden", SPLIT_MAP)
+    assert record.options is None and record.labels() == ("yes", "no")
+    prompt = render_prompt(record.instruction, *fuse_text(record, record.captions, [True]))
+    assert prompt.endswith("\n\n### Options:\nnull\n\n [/INST] ### Response:\n")
+    absent = parse_row(dict(raw, options=None), "golden", SPLIT_MAP)
+    assert "### Options:" not in render_prompt(
+        absent.instruction, *fuse_text(absent, absent.captions, [True])
+    )

@@ -117,13 +117,21 @@ def fuse_text(
         keys = PRP_KEYS if record.task == "prp" else (SINGLE_KEY,)
         for j, key in enumerate(keys):
             inp[key] = captions[j] if used[j] else None
-    return json.dumps(inp), (json.dumps(options) if options is not None else None)
+    return json.dumps(inp), _options_text(record, options)
 
 
 def text_only(record: Record) -> tuple[str, str | None]:
     """Input and options re-serialised without any caption (the ``none`` strategy)."""
-    options = json.dumps(list(record.options)) if record.options is not None else None
-    return json.dumps(record.input), options
+    options = list(record.options) if record.options is not None else None
+    return json.dumps(record.input), _options_text(record, options)
+
+
+def _options_text(record: Record, options: list[str] | None) -> str | None:
+    """``json.dumps`` of the options; ``null`` for a row whose options field reads ``null``; ``None``
+    (no options block) for a row without options."""
+    if options is not None:
+        return json.dumps(options)
+    return "null" if record.null_options else None
 
 
 def fuse_records(

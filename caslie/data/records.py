@@ -171,6 +171,20 @@ def _json_field(row: dict, name: str, loc: str, rid: str, kinds: tuple[type, ...
     return value
 
 
+def _options_field(raw: dict, loc: str, rid: str) -> tuple[list[str] | None, bool]:
+    """The parsed ``options`` list (``None`` when absent), and whether the field is the JSON text
+    ``"null"`` (which the reference renders as an options block reading ``null``)."""
+    value = raw.get("options")
+    if value is None:
+        return None, False
+    if isinstance(value, str) and value.strip() == "null":
+        return None, True
+    options = _json_field(raw, "options", loc, rid, (list,))
+    if not all(isinstance(o, str) for o in options):
+        raise RowError(loc, rid, "options", "every option must be a string")
+    return options, False
+
+
 def _canonical_split(row: dict, loc: str, rid: str, split_map: dict[str, str]) -> str:
     split = row.get("split")
     if not isinstance(split, str) or not split:
@@ -225,11 +239,7 @@ def parse_gold_row(raw: Any, location: str, split_map: dict[str, str]) -> GoldRo
     output = raw["output"]
     if not isinstance(output, str) or not output.strip():
         raise RowError(location, rid, "output", f"expected a non-empty string, got {output!r}")
-    options = None
-    if raw.get("options") is not None:
-        options = _json_field(raw, "options", location, rid, (list,))
-        if not all(isinstance(o, str) for o in options):
-            raise RowError(location, rid, "options", "every option must be a string")
+    options, _ = _options_field(raw, location, rid)
     split = _canonical_split(raw, location, rid, split_map)
     return GoldRow(rid, task.code, split, output, tuple(options) if options is not None else None,
                    location)  # fmt: skip
@@ -288,11 +298,7 @@ def parse_row(raw: Any, location: str, split_map: dict[str, str]) -> Record:
     inp = _json_field(raw, "input", location, rid, (list,) if task.code == "sr" else (dict,))
     if task.code == "sr" and not all(isinstance(x, str) for x in inp):
         raise RowError(location, rid, "input", "sr history items must all be strings")
-    options = None
-    if raw.get("options") is not None:
-        options = _json_field(raw, "options", location, rid, (list,))
-        if not all(isinstance(o, str) for o in options):
-            raise RowError(location, rid, "options", "every option must be a string")
+    options, null_options = _options_field(raw, location, rid)
     images = _json_field(raw, "images", location, rid, (list,))
     if not all(isinstance(i, str) and i for i in images):
         raise RowError(location, rid, "images", "every image entry must be a non-empty string")
@@ -344,6 +350,7 @@ def parse_row(raw: Any, location: str, split_map: dict[str, str]) -> Record:
         images=tuple(images),
         captions=tuple(captions) if captions is not None else None,
         location=location,
+        null_options=null_options,
         extras=extras,
     )
 
