@@ -110,7 +110,8 @@ class DataConfig:
     mv_tie: str = "no"
     """Outcome of a tied vote under ``mv_rule=majority`` (even number of voters): ``no`` or ``yes``."""
     prompt_template: str = "mistral"
-    """``mistral`` (the paper's template, byte-exact) or ``chat`` (the tokenizer's chat template)."""
+    """``mistral`` (the paper's template, byte-exact), ``alpaca`` (eCeLLM's, which trained its Llama-2
+    models) or ``chat`` (the tokenizer's chat template)."""
     max_length: int = 2048
     """Longest tokenised training example (eCeLLM's cutoff); a longer one is trimmed inside its
     input, keeping valid JSON (SR drops its oldest history items, other tasks shorten their longest
@@ -151,9 +152,9 @@ class DataConfig:
             raise ConfigError(f"data.mv_tie must be 'yes' or 'no', got '{self.mv_tie}'")
         if fusion_kind == "mv" and not self.voters:
             raise ConfigError("data.voters is empty: majority vote needs at least one voter")
-        if self.prompt_template not in ("mistral", "chat"):
+        if self.prompt_template not in ("mistral", "alpaca", "chat"):
             raise ConfigError(
-                f"data.prompt_template must be 'mistral' or 'chat', got '{self.prompt_template}'"
+                f"data.prompt_template must be 'mistral', 'alpaca' or 'chat', got '{self.prompt_template}'"
             )
         if self.image_size < 32:
             raise ConfigError(f"data.image_size must be at least 32, got {self.image_size}")

@@ -31,7 +31,11 @@ _BODY_NO_OPTIONS = _PREAMBLE + "### Instruction:\n{instruction}\n\n### Input:\n{
 MISTRAL_WITH_OPTIONS = "[INST] " + _BODY_WITH_OPTIONS + "\n\n [/INST] ### Response:\n"
 MISTRAL_NO_OPTIONS = "[INST] " + _BODY_NO_OPTIONS + "\n\n [/INST] ### Response:\n"
 
-TEMPLATES = ("mistral", "chat")
+# eCeLLM's templates/alpaca.json, which trained its Llama-2 models.
+ALPACA_WITH_OPTIONS = _BODY_WITH_OPTIONS + "\n\n### Response:\n"
+ALPACA_NO_OPTIONS = _BODY_NO_OPTIONS + "\n\n### Response:\n"
+
+TEMPLATES = ("mistral", "alpaca", "chat")
 
 CONTEXT_FREE_PROMPT = "Please generate an informative caption for the product in the image."
 """The EC3 instruction without any context (the paper's BLIP-2-style baseline)."""
@@ -61,7 +65,8 @@ def render_prompt(
         instruction: The row's instruction.
         input_text: ``json.dumps`` of the (fused) input.
         options_text: ``json.dumps`` of the (fused) options, or ``None`` for rows without options.
-        template: ``mistral`` (the paper's) or ``chat`` (``tokenizer.apply_chat_template``).
+        template: ``mistral`` (the paper's), ``alpaca`` (eCeLLM's, for Llama-2) or ``chat``
+            (``tokenizer.apply_chat_template``).
         tokenizer: Needed for ``chat``.
 
     Returns:
@@ -70,12 +75,15 @@ def render_prompt(
     Raises:
         ConfigError: ``chat`` with a tokenizer that has no chat template, or an unknown template.
     """
-    if template == "mistral":
-        if options_text is None:
-            return MISTRAL_NO_OPTIONS.format(instruction=instruction, input=input_text)
-        return MISTRAL_WITH_OPTIONS.format(
-            instruction=instruction, input=input_text, options=options_text
+    if template in ("mistral", "alpaca"):
+        with_options, no_options = (
+            (MISTRAL_WITH_OPTIONS, MISTRAL_NO_OPTIONS)
+            if template == "mistral"
+            else (ALPACA_WITH_OPTIONS, ALPACA_NO_OPTIONS)
         )
+        if options_text is None:
+            return no_options.format(instruction=instruction, input=input_text)
+        return with_options.format(instruction=instruction, input=input_text, options=options_text)
     if template == "chat":
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
             raise ConfigError(
@@ -92,9 +100,9 @@ def render_prompt(
 def template_adds_bos(template: str) -> bool:
     """Whether tokenising the prompt should add the tokenizer's special tokens (BOS).
 
-    Chat templates already write BOS into the text; the paper's template relies on the tokenizer.
+    Chat templates already write BOS into the text; the paper's templates rely on the tokenizer.
     """
-    return template == "mistral"
+    return template in ("mistral", "alpaca")
 
 
 # ----------------------------------------------------------------------------- image slot context

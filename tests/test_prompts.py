@@ -3,8 +3,9 @@
 import json
 
 import pytest
-from conftest import GOLDEN_CASES, HEAD, SPLIT_MAP, cqe_config
+from conftest import GOLDEN_CASES, HEAD, REPO, SPLIT_MAP, cqe_config
 
+from caslie.config import load_config
 from caslie.data.fusion import fuse_text
 from caslie.data.records import parse_row
 from caslie.jobs import select_records
@@ -120,3 +121,16 @@ def test_options_that_read_null_render_as_the_reference_renders_them():
     assert "### Options:" not in render_prompt(
         absent.instruction, *fuse_text(absent, absent.captions, [True])
     )
+
+
+def test_alpaca_template_is_ecellms_for_llama2():
+    with_options = render_prompt("Do it.", '{"a": 1}', '["A: x"]', template="alpaca")
+    assert with_options == (
+        "Below is an instruction that describes a task, paired with an input that provides further "
+        "context. Write a response that appropriately completes the request.\n\n### Instruction:\n"
+        'Do it.\n\n### Input:\n{"a": 1}\n\n### Options:\n["A: x"]\n\n### Response:\n'
+    )
+    assert render_prompt("Do it.", "{}", None, template="alpaca").endswith(
+        "### Input:\n{}\n\n### Response:\n"
+    )
+    assert load_config(REPO / "configs/llama2_13b_mv.yaml").data.prompt_template == "alpaca"
