@@ -21,6 +21,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from callbacks.data_manifest import DataManifest
 from callbacks.eval_report import EvalReport
@@ -28,7 +29,7 @@ from callbacks.throughput import TokenThroughput
 from caslie.checkpoints import AtomicCheckpointIO, checkpoint_path, resolve_ckpt
 from caslie.config import Config, DataConfig, load_config, to_dict
 from caslie.data.records import default_image_root
-from caslie.errors import EXIT_USER_ERROR, CaslieError
+from caslie.errors import EXIT_USER_ERROR, CaslieError, ConfigError
 from caslie.evaluation import PRIMARY_MEAN
 from caslie.models.fashionclip import FashionCLIPModule
 from caslie.models.lora import LoRAInstructModule
@@ -98,8 +99,14 @@ def build_data_and_module(
     ``configure_model``)."""
     if cfg.model.kind == "fashionclip":
         ckpt = Checkpoint.from_config(cfg.model, what="CLIP model")
+        clip_config = model_config(ckpt)
+        if clip_config.model_type != "clip":
+            raise ConfigError(
+                f"model.kind=fashionclip needs a CLIP checkpoint; model.name_or_path "
+                f"'{cfg.model.name_or_path}' is a {clip_config.model_type} model"
+            )
         processor = load_processor(ckpt)
-        max_tokens = model_config(ckpt).text_config.max_position_embeddings
+        max_tokens = clip_config.text_config.max_position_embeddings
         dm: CaslieDataModule = CLIPDataModule(
             cfg.data, processor.tokenizer, processor.image_processor, cfg.optim.micro_batch_size,
             cfg.optim.eval_batch_size, cfg.run.seed, max_tokens,
@@ -138,15 +145,18 @@ def build_trainer(cfg: Config, run_dir: Path, loggers: list, callbacks: list) ->
         }.items()  # fmt: skip
         if v is not None
     }
-    return L.Trainer(
-        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
-        precision=precision, max_epochs=t.max_epochs, max_steps=t.max_steps,
-        accumulate_grad_batches=cfg.accumulate_grad_batches, gradient_clip_val=t.gradient_clip_val,
-        log_every_n_steps=t.log_every_n_steps, num_sanity_val_steps=t.num_sanity_val_steps,
-        enable_progress_bar=t.enable_progress_bar, use_distributed_sampler=False,
-        default_root_dir=str(run_dir), logger=loggers or False, callbacks=callbacks,
-        plugins=[AtomicCheckpointIO()], **optional,
-    )  # fmt: skip
+    try:
+        return L.Trainer(
+            accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+            precision=precision, max_epochs=t.max_epochs, max_steps=t.max_steps,
+            accumulate_grad_batches=cfg.accumulate_grad_batches, gradient_clip_val=t.gradient_clip_val,
+            log_every_n_steps=t.log_every_n_steps, num_sanity_val_steps=t.num_sanity_val_steps,
+            enable_progress_bar=t.enable_progress_bar, use_distributed_sampler=False,
+            default_root_dir=str(run_dir), logger=loggers or False, callbacks=callbacks,
+            plugins=[AtomicCheckpointIO()], **optional,
+        )  # fmt: skip
+    except (ValueError, MisconfigurationException) as err:  # Lightning's own checks of trainer.*
+        raise ConfigError(f"the trainer.* settings do not work here: {err}") from None
 
 
 def _wandb_logger(cfg: Config, run_dir: Path, resuming: bool) -> WandbLogger | None:

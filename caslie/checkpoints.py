@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from caslie.errors import MissingPathError
+from caslie.errors import CheckpointError, MissingPathError
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,23 @@ def checkpoint_path(run_dir: Path, which: str) -> Path:
             f"checkpoint {path} does not exist (train the run first, or pass --checkpoint)"
         )
     return path
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint's tensors and plain values (``weights_only``: no code runs).
+
+    Raises:
+        CheckpointError: the file is not a readable checkpoint with a ``state_dict``.
+    """
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a file that is not a checkpoint
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint ({type(err).__name__}: {err})"
+        ) from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise CheckpointError(f"{path} is not a caslie checkpoint (no state_dict)")
+    return ckpt
 
 
 def _step(path: Path) -> int:

@@ -178,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             metrics = evaluate_file(args.data, args.predictions, args.parser, args.split)
             print(json.dumps(_rounded(metrics), indent=2))
             if args.out:  # the file keeps every digit (float64)
+                args.out.parent.mkdir(parents=True, exist_ok=True)
                 args.out.write_text(json.dumps(metrics, indent=2) + "\n")
         elif args.command == "predict":
             return predict(args, overrides)

@@ -92,7 +92,10 @@ def answer_token_ids(tokenizer: Any, word: str) -> list[int]:
             if piece and word.startswith(piece):
                 ids.add(toks[0])
     if not ids:
-        raise ValueError(f"the tokenizer has no token that starts '{word}'")
+        raise ConfigError(
+            f"this voter's tokenizer has no token that starts '{word}': it cannot vote in "
+            f"cqe.mode=score (use cqe.mode=generate, or another checkpoint in cqe.models)"
+        )
     return sorted(ids)
 
 

@@ -6,9 +6,7 @@ import dataclasses
 import logging
 from pathlib import Path
 
-import torch
-
-from caslie.checkpoints import checkpoint_path
+from caslie.checkpoints import checkpoint_path, read_checkpoint
 from caslie.config import load_config
 from caslie.errors import CheckpointError
 from caslie.models.lora import build_lora_model
@@ -21,9 +19,9 @@ def load_adapted(run_dir: Path, which: str = "best"):
     """The run's base model with the checkpoint's adapter loaded (a peft model) and its tokenizer."""
     cfg = load_config(run_dir / "config.yaml")
     tokenizer = tokenizer_for(cfg.model)
+    ckpt = read_checkpoint(checkpoint_path(run_dir, which))  # before the (large) base model loads
     model_cfg = dataclasses.replace(cfg.model, gradient_checkpointing=False)
     model = build_lora_model(model_cfg, tokenizer)
-    ckpt = torch.load(checkpoint_path(run_dir, which), map_location="cpu", weights_only=True)
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
     result = model.load_state_dict(state, strict=False)
     lora_missing = [k for k in result.missing_keys if "lora_" in k]

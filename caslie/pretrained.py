@@ -77,9 +77,7 @@ def resolve_pretrained(name_or_path: str, what: str = "model") -> str:
         return str(path)
     if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
         raise MissingPathError(f"{what} path '{name_or_path}' does not exist")
-    require_hub(
-        name_or_path, what, "set model.name_or_path to a local folder or a tiny:<name> model"
-    )
+    require_hub(name_or_path, what, "set it to a local folder (or a tiny:<name> model)")
     return name_or_path
 
 
@@ -146,18 +144,35 @@ def load_model(ckpt: Checkpoint, auto_class: Any, dtype: torch.dtype | None = No
     return auto_class.from_pretrained(ckpt.path(), **kwargs)
 
 
+def _unloadable(ckpt: Checkpoint, part: str, err: Exception) -> ConfigError:
+    first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+    return ConfigError(f"cannot load the {part} of {ckpt.what} '{ckpt.name_or_path}': {first}")
+
+
 def model_config(ckpt: Checkpoint) -> Any:
-    """The checkpoint's transformers config (``AutoConfig``), without loading weights."""
+    """The checkpoint's transformers config (``AutoConfig``), without loading weights.
+
+    Raises:
+        ConfigError: a folder or id that holds no loadable config.
+    """
     from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(ckpt.path(), **ckpt.common_kwargs())
+    path = ckpt.path()
+    try:
+        return AutoConfig.from_pretrained(path, **ckpt.common_kwargs())
+    except (OSError, ValueError) as err:
+        raise _unloadable(ckpt, "config", err) from None
 
 
 def load_processor(ckpt: Checkpoint) -> Any:
     """The checkpoint's processor (``AutoProcessor``: tokenizer plus image processor)."""
     from transformers import AutoProcessor
 
-    return AutoProcessor.from_pretrained(ckpt.path(), **ckpt.common_kwargs())
+    path = ckpt.path()
+    try:
+        return AutoProcessor.from_pretrained(path, **ckpt.common_kwargs())
+    except (OSError, ValueError) as err:
+        raise _unloadable(ckpt, "processor", err) from None
 
 
 def load_tokenizer(ckpt: Checkpoint | str, pad: str = "distinct") -> Any:
@@ -173,7 +188,11 @@ def load_tokenizer(ckpt: Checkpoint | str, pad: str = "distinct") -> Any:
 
     if isinstance(ckpt, str):
         ckpt = Checkpoint(ckpt, what="tokenizer")
-    tok = AutoTokenizer.from_pretrained(ckpt.path(), **ckpt.common_kwargs())
+    path = ckpt.path()
+    try:
+        tok = AutoTokenizer.from_pretrained(path, **ckpt.common_kwargs())
+    except (OSError, ValueError) as err:
+        raise _unloadable(ckpt, "tokenizer", err) from None
     if pad == "eos":
         pad_for_generation(tok)
     else:
@@ -217,8 +236,6 @@ def pad_for_generation(tokenizer: Any) -> None:
 def tokenizer_for(model_cfg: Any) -> Any:
     """The training tokenizer a ``model`` config section names (``model.tokenizer``, else the
     model's own)."""
-    return load_tokenizer(
-        Checkpoint.from_config(
-            model_cfg, model_cfg.tokenizer or model_cfg.name_or_path, what="tokenizer"
-        )
-    )
+    name = model_cfg.tokenizer or model_cfg.name_or_path
+    what = "model.tokenizer" if model_cfg.tokenizer else "model.name_or_path"
+    return load_tokenizer(Checkpoint.from_config(model_cfg, name, what=what))

@@ -21,7 +21,7 @@ from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_only
 
-from caslie.config import RESTART_KEYS, Config, changed_keys, to_yaml
+from caslie.config import RESTART_KEYS, Config, changed_keys, to_dict, to_yaml
 from caslie.errors import ConfigError
 
 AUTO_NAME = "auto"
@@ -32,8 +32,14 @@ MAX_NAME = 96
 
 
 def is_rank_zero() -> bool:
-    """Whether this process is the job's global rank zero (Lightning reads the launcher's env)."""
-    return rank_zero_only.rank == 0
+    """Whether this process is the job's global rank zero.
+
+    Lightning reads the launcher's ``RANK``, ``LOCAL_RANK`` or ``SLURM_PROCID``; a job started by
+    hand on several nodes sets only ``LOCAL_RANK`` and ``NODE_RANK``, so the node counts too.
+    """
+    by_hand = "RANK" not in os.environ and "SLURM_PROCID" not in os.environ
+    node = os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", "0"))
+    return rank_zero_only.rank == 0 and not (by_hand and node != "0")
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -122,8 +128,13 @@ def resolve_run_name(cfg: Config, environ: Mapping[str, str] = os.environ) -> st
     W&B sweep, each trial gets its own folder: ``<run.name>-<agent run id>``.
     """
     name = cfg.run.name
-    if name == AUTO_NAME:
-        name = f"auto-{hashlib.blake2b(to_yaml(cfg).encode(), digest_size=4).hexdigest()}"
+    if name == AUTO_NAME:  # the config minus what a restart may change, so a resume finds its run
+        ident = to_dict(cfg)
+        for key in (*RESTART_KEYS, "run.name"):
+            section, _, leaf = key.partition(".")
+            ident[section].pop(leaf, None)
+        blob = json.dumps(ident, sort_keys=True, default=str).encode()
+        name = f"auto-{hashlib.blake2b(blob, digest_size=4).hexdigest()}"
     agent_id = sweep_run_id(environ)
     if agent_id and not name.endswith(f"-{agent_id}"):
         name = f"{name}-{_slug(agent_id)}"

@@ -8,14 +8,17 @@ check for empty evaluation splits are the same for every model.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import lightning as L
+import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from caslie.config import DataConfig
 from caslie.data.sampler import LengthGroupedBatchSampler
-from caslie.errors import DataError
+from caslie.errors import CaslieError, DataError
 
 
 class CaslieDataModule(L.LightningDataModule):
@@ -40,6 +43,34 @@ class CaslieDataModule(L.LightningDataModule):
             seed,
         )
         self._resume: tuple[int, int] | None = None
+        self._prepare_error: CaslieError | None = None
+
+    # ------------------------------------------------------------------ errors of the data build
+
+    @contextlib.contextmanager
+    def shared_errors(self) -> Iterator[None]:
+        """Keep a user error raised in ``prepare_data`` (which runs on one rank per node) for
+        :meth:`raise_shared_errors`, so that every rank stops on it, not only the one that built."""
+        try:
+            yield
+        except CaslieError as err:
+            self._prepare_error = err
+
+    def raise_shared_errors(self) -> None:
+        """Raise the data build's error on every rank (call first in ``setup``).
+
+        The building rank raises its own error; the others raise a :class:`DataError` with the
+        same message, so no rank is left waiting for the others or dies with a traceback.
+        """
+        mine = self._prepare_error
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            messages: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(messages, str(mine) if mine is not None else None)
+            first = next((m for m in messages if m), None)
+            if mine is None and first is not None:
+                raise DataError(first)
+        if mine is not None:
+            raise mine
 
     # --------------------------------------------------------------------- what subclasses define
 

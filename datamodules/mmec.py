@@ -44,10 +44,12 @@ class MMECDataModule(CaslieDataModule):
 
     def prepare_data(self) -> None:
         """Build the tokenised cache (once per node)."""
-        build_dataset(self.cfg, self.tokenizer, context_length=self.context_length)
+        with self.shared_errors():
+            build_dataset(self.cfg, self.tokenizer, context_length=self.context_length)
 
     def setup(self, stage: str | None = None) -> None:
         """Open the cached splits and check that every evaluation split has rows."""
+        self.raise_shared_errors()
         if self.built is None:
             self.built = build_dataset(self.cfg, self.tokenizer, context_length=self.context_length)
         self.check_eval_splits()

@@ -63,7 +63,7 @@ def test_caslie_evaluate_scores_a_predictions_file(tmp_path, sample_rows, capsys
     data.write_text(json.dumps(rows))
     preds = [r["output"] if i % 4 else "maybe" for i, r in enumerate(rows)]
     (tmp_path / "preds.json").write_text(json.dumps(preds))
-    out = tmp_path / "metrics.json"
+    out = tmp_path / "new-folder" / "metrics.json"
     code = caslie_main(["evaluate", "--data", str(data), "--predictions", str(tmp_path / "preds.json"),
                         "--out", str(out)])  # fmt: skip
     assert code == 0

@@ -39,8 +39,20 @@ def bad_inputs(tmp_path: Path, sample_rows) -> dict[str, str]:
         "no_ckpt": str(tmp_path / "no-such.ckpt"),
         "no_file": str(tmp_path / "no-such.json"),
         "run": str(tmp_path / "run-without-checkpoints"),
+        "empty": str(_mkdir(tmp_path / "empty-model")),
+        "junk": str(_write(tmp_path / "junk.ckpt", "not a checkpoint")),
         "tmp": str(tmp_path),
     }
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir()
+    return path
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
 
 
 def _demo(tmp: str, *overrides: str) -> list[str]:
@@ -59,6 +71,9 @@ TRAIN_CASES = {
     "missing model path": (["model.name_or_path=./no/such/model"], "does not exist"),
     "unknown tiny model": (["model.name_or_path=tiny:nope"], "unknown tiny model 'tiny:nope'"),
     "missing checkpoint": (["trainer.ckpt_path={no_ckpt}"], "does not exist"),
+    "bad trainer setting": (["trainer.strategy=bogus"], "trainer.* settings"),
+    "not a CLIP model": (["model.kind=fashionclip"], "needs a CLIP checkpoint"),
+    "empty model folder": (["model.name_or_path={empty}"], "cannot load the tokenizer of model.name_or_path"),
 }  # fmt: skip
 
 CASLIE_CASES = {
@@ -81,6 +96,9 @@ CASLIE_CASES = {
     "evaluate bad rows": (["evaluate", "--data", "{rows}", "--predictions", "{no_file}"], "field 'output'"),
     "export missing run": (["export", "--run", "{no_votes}", "--out", "{tmp}/out"], "config file not found"),
     "export missing checkpoint": (["export", "--run", "{run}", "--out", "{tmp}/out"], "does not exist"),
+    "export junk checkpoint": (["export", "--run", "{run}", "--out", "{tmp}/out", "--checkpoint", "{junk}"],
+                               "not a readable checkpoint"),
+    "predict without a model": (["predict"], "needs --config"),
 }  # fmt: skip
 
 
@@ -139,3 +157,16 @@ def test_as_subprocesses_no_traceback_reaches_the_user(bad_inputs):
     )  # fmt: skip
     assert vote.returncode == 2
     _one_error_line(vote.stderr, "caslie", "cqe.mode must be 'score' or 'generate'")
+
+
+@pytest.mark.slow
+def test_a_data_error_under_ddp_stops_every_rank_without_a_traceback(bad_inputs):
+    run = subprocess.run(
+        [sys.executable, "train.py", *_demo(bad_inputs["tmp"], f"data.votes={bad_inputs['no_votes']}",
+                                            "trainer.devices=2", "trainer.strategy=ddp",
+                                            "optim.micro_batch_size=4")],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode != 0
+    assert "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert "train.py: error:" in run.stderr and "vote cache" in run.stderr

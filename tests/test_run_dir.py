@@ -73,3 +73,10 @@ def test_sweep_trials_get_their_own_folder_and_the_agents_run_id(tmp_path):
     assert (tmp_path / "wandb_run_id").read_text() == "abc123"
     fresh = wandb_run_id(tmp_path, resuming=False, environ={})
     assert fresh != "abc123" and wandb_run_id(tmp_path, resuming=True, environ={}) == fresh
+
+
+def test_an_auto_name_survives_a_resume():
+    plain = resolve_run_name(load_config(None, ["run.name=auto"]), {})
+    resumed = resolve_run_name(load_config(None, ["run.name=auto", "trainer.ckpt_path=last"]), {})
+    other = resolve_run_name(load_config(None, ["run.name=auto", "optim.lr=0.5"]), {})
+    assert plain == resumed != other

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from caslie.errors import ConfigError
+
 IGNORE_INDEX = -100
 """Label value the loss ignores (prompt and padding positions)."""
 
@@ -35,7 +37,10 @@ def split_prompt(render: Callable[[str], str]) -> tuple[str, str]:
     rendered = render(_SENTINEL)
     head, sep, tail = rendered.partition(_SENTINEL)
     if not sep:
-        raise ValueError("the prompt template dropped the input text")
+        raise ConfigError(
+            "the prompt template dropped the input text: check data.prompt_template (a chat "
+            "template must render the user's message)"
+        )
     return head, tail
 
 
@@ -83,7 +88,10 @@ class Tokenise:
         self.max_length, self.eval_max_length = max_length, eval_max_length
         self.add_special = add_special_tokens
         if tokenizer.eos_token_id is None:
-            raise ValueError("the tokenizer has no EOS token: the model could never learn to stop")
+            raise ConfigError(
+                "the tokenizer has no EOS token, so the model could never learn to stop: set "
+                "model.tokenizer to one that has"
+            )
 
     def _ids(self, texts: list[str]) -> list[list[int]]:
         return self.tok(texts, add_special_tokens=self.add_special)["input_ids"]
