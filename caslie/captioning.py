@@ -25,11 +25,22 @@ from caslie.config import CaptionConfig, Config
 from caslie.data.cache import CaptionCache, text_hash
 from caslie.data.captions import NA_CAPTION
 from caslie.data.records import default_image_root
-from caslie.errors import ConfigError
+from caslie.errors import CaslieError, ConfigError
 from caslie.images import ImageError, ImageLimits, load_image
 from caslie.jobs import JobSummary, local_device, my_share, progress, rank_world, select_records
-from caslie.pretrained import Checkpoint, load_model, load_processor, pad_for_generation
-from caslie.prompts import CONTEXT_FREE_PROMPT, caption_instruction
+from caslie.pretrained import (
+    Checkpoint,
+    load_model,
+    load_processor,
+    model_config,
+    pad_for_generation,
+)
+from caslie.prompts import (
+    CONTEXT_FREE_PROMPT,
+    REFERENCE_CAPTION,
+    REFERENCE_CAPTION_LEAD,
+    caption_instruction,
+)
 from caslie.record import Record
 from caslie.tasks import TASKS
 
@@ -49,14 +60,26 @@ class CaptionJob:
     template: str
 
 
-def instruction_for(record: Record, index: int, cfg: CaptionConfig) -> str:
-    """The captioning instruction for one image slot, as ``caption.context`` and
-    ``caption.length_instruction`` set it."""
-    return caption_instruction(record, index, cfg.context, cfg.length_instruction)
+def backend_of(cfg: CaptionConfig) -> str:
+    """The captioner's model type (``mllama``, ``llava``...), read from its config (no weights)."""
+    return model_config(Checkpoint.from_config(cfg, cfg.model, what="captioning model")).model_type
 
 
-def template_key(task: str, cfg: CaptionConfig) -> str:
+def instruction_for(
+    record: Record, index: int, cfg: CaptionConfig, backend: str | None = None
+) -> str:
+    """The captioning instruction for one image slot, as ``caption.prompts``, ``caption.context``
+    and ``caption.length_instruction`` set it (``backend`` picks the reference's lead sentence)."""
+    return caption_instruction(
+        record, index, cfg.context, cfg.length_instruction, cfg.prompts, backend
+    )
+
+
+def template_key(task: str, cfg: CaptionConfig, backend: str | None = None) -> str:
     """Hash of what shapes a task's prompts; a cached caption counts only under the same key."""
+    if cfg.prompts == "reference" and cfg.context:
+        lead = REFERENCE_CAPTION_LEAD.get(backend or "", REFERENCE_CAPTION_LEAD["mllama"])
+        return text_hash(f"reference|{lead}|{REFERENCE_CAPTION[task]}|{cfg.max_new_tokens}")
     base = TASKS[task].caption_template if cfg.context else CONTEXT_FREE_PROMPT
     return text_hash(f"{base}|{cfg.length_instruction}|{cfg.max_new_tokens}")
 
@@ -66,6 +89,15 @@ def clean_caption(text: str) -> str:
     text = re.sub(r"\s+", " ", text).strip()
     text = re.sub(r"^(?:caption|answer)\s*:\s*", "", text, flags=re.IGNORECASE)
     return text.strip().strip('"“”').strip()
+
+
+def clean_reference(text: str, backend: str) -> str:
+    """The reference's clean-up: newlines and tabs become spaces, the ends are stripped (LLaVA-NeXT's
+    double quotes too), and a caption under two characters becomes "NA"."""
+    text = text.replace("\n", " ").replace("\t", " ").strip()
+    if backend == "llava_next":
+        text = text.strip('"')
+    return text if len(text) >= 2 else NA_CAPTION
 
 
 class Captioner:
@@ -87,38 +119,78 @@ class Captioner:
         self.tokenizer = self.processor.tokenizer
         pad_for_generation(self.tokenizer)
 
+    @property
+    def raw_format(self) -> bool:
+        """The reference prompts LLaVA-1.5 as ``USER: <image>\\n... ASSISTANT:``, not by its chat
+        template."""
+        return self.cfg.prompts == "reference" and self.kind == "llava"
+
     def prompt(self, instruction: str) -> str:
-        """The chat-formatted prompt around one image and the instruction."""
-        if self.kind in NO_PROMPT:
-            return ""
-        messages = [
-            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": instruction}]}
-        ]
-        return self.processor.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=False
-        )
+        """The prompt around one image and the instruction, as the model receives it."""
+        return render_caption_prompt(self.processor, self.kind, instruction, self.raw_format)
+
+    def clean(self, text: str) -> str:
+        """A generated caption cleaned as ``caption.prompts`` says."""
+        if self.cfg.prompts == "reference":
+            return clean_reference(text, self.kind)
+        return clean_caption(text)
 
     @torch.no_grad()
     def caption(self, images: list, instructions: list[str]) -> list[str]:
         """Greedy captions for a batch of images, one instruction each."""
         texts = [self.prompt(i) for i in instructions]
         imgs: list = [[im] for im in images] if self.kind in NESTED_IMAGES else images
-        # Chat templates already hold BOS; the processor must not add a second one.
+        # Chat templates already hold BOS; the processor adds it to a raw prompt (or none).
         enc = self.processor(images=imgs, text=texts, padding=True, return_tensors="pt",
-                             add_special_tokens=self.kind in NO_PROMPT)  # fmt: skip
+                             add_special_tokens=self.kind in NO_PROMPT or self.raw_format)  # fmt: skip
         enc = {k: v.to(self.device) for k, v in enc.items()}
         if "pixel_values" in enc:
             enc["pixel_values"] = enc["pixel_values"].to(self.model.dtype)
         out = self.model.generate(**enc, max_new_tokens=self.cfg.max_new_tokens, do_sample=False,
                                   pad_token_id=self.tokenizer.pad_token_id)  # fmt: skip
         new = out[:, enc["input_ids"].shape[1] :]
-        return [
-            clean_caption(t) for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)
-        ]
+        return [self.clean(t) for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+
+def render_caption_prompt(processor: Any, backend: str, instruction: str, raw: bool = False) -> str:
+    """The text a captioner receives around one image: nothing for BLIP-2, the raw LLaVA-1.5 format
+    of the reference (``raw``), else the processor's chat template."""
+    if backend in NO_PROMPT:
+        return ""
+    if raw:
+        return f"USER: <image>\n{instruction} ASSISTANT:"
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": instruction}]}
+    ]
+    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def dry_run(cfg: Config, tasks: list[str] | None = None, splits: list[str] | None = None,
+            limit: int | None = None) -> Iterator[dict[str, Any]]:  # fmt: skip
+    """The prompts ``caslie caption`` would send, one dict per (row, image), loading no weights.
+
+    Each has ``id``, ``task``, ``split``, ``image_index``, ``image``, ``prompt`` (the instruction)
+    and ``chat`` (the exact text the captioner receives, or ``None`` when its processor cannot be
+    loaded here, e.g. a hub id offline).
+    """
+    cc = cfg.caption
+    try:
+        backend: str | None = backend_of(cc)
+        processor = load_processor(Checkpoint.from_config(cc, cc.model, what="captioning model"))
+    except CaslieError as err:
+        log.warning("no chat text in the dry run: %s", err)
+        backend, processor = None, None
+    raw = cc.prompts == "reference" and backend == "llava"
+    for r in select_records(cfg, tasks, splits, limit):
+        for j in range(len(r.images)):
+            prompt = instruction_for(r, j, cc, backend)
+            chat = render_caption_prompt(processor, backend, prompt, raw) if processor else None
+            yield {"id": r.id, "task": r.task, "split": r.split, "image_index": j,
+                   "image": r.images[j], "prompt": prompt, "chat": chat}  # fmt: skip
 
 
 def plan(records: list[Record], cfg: CaptionConfig, cached: dict, retry_failed: bool,
-         rank: int = 0, world: int = 1) -> tuple[list[CaptionJob], int]:  # fmt: skip
+         rank: int = 0, world: int = 1, backend: str | None = None) -> tuple[list[CaptionJob], int]:  # fmt: skip
     """This rank's image slots still to caption, and how many of its slots the cache already has.
 
     Slots are dealt to ranks before the cache is consulted, so a rank owns the same slots whatever
@@ -127,13 +199,13 @@ def plan(records: list[Record], cfg: CaptionConfig, cached: dict, retry_failed: 
     jobs, skipped = [], 0
     slots = [(r, j) for r in records for j in range(len(r.images))]
     for r, j in my_share(slots, rank, world):
-        template = template_key(r.task, cfg)
+        template = template_key(r.task, cfg, backend)
         entry = cached.get((r.id, j))
         cached_here = entry is not None and entry.get("template") == template
         if cached_here and (entry.get("status", "ok") == "ok" or not retry_failed):
             skipped += 1
             continue
-        jobs.append(CaptionJob(r, j, instruction_for(r, j, cfg), template))
+        jobs.append(CaptionJob(r, j, instruction_for(r, j, cfg, backend), template))
     return jobs, skipped
 
 
@@ -175,7 +247,7 @@ def run_caption(cfg: Config, tasks: list[str] | None = None, splits: list[str] |
     cache = CaptionCache(cfg.data.caption_cache)
     cached = cache.load(model=cc.model) if cache.folder.is_dir() else {}
     records = select_records(cfg, tasks, splits, limit)
-    jobs, skipped = plan(records, cc, cached, retry_failed, rank, world)
+    jobs, skipped = plan(records, cc, cached, retry_failed, rank, world, backend_of(cc))
     summary = JobSummary("caption", total=len(jobs), skipped=skipped)
     if not jobs:
         summary.seconds = time.perf_counter() - start

@@ -98,6 +98,20 @@ def predict(args: argparse.Namespace, overrides: list[str]) -> int:
     return subprocess.run(command, check=False).returncode
 
 
+def _print_dry_run(items, fmt: str) -> None:
+    """Print dry-run prompts as JSON lines, or as readable blocks."""
+    out = sys.stdout
+    for item in items:
+        if fmt == "jsonl":
+            out.write(json.dumps(item, ensure_ascii=False) + "\n")
+            continue
+        who = f"  voter={item['voter']}" if "voter" in item else ""
+        out.write(
+            f"=== {item['id']}  task={item['task']}  split={item['split']}  image={item['image_index']}{who}\n"
+        )
+        out.write((item["chat"] if item["chat"] is not None else item["prompt"]) + "\n\n")
+
+
 def _rounded(value, digits: int = 4):
     """``value`` with every float rounded, for printing."""
     if isinstance(value, dict):
@@ -131,6 +145,17 @@ def _parser() -> argparse.ArgumentParser:
         job.add_argument("--tasks", nargs="+", help="task codes (default: data.tasks)")
         job.add_argument("--splits", nargs="+", choices=SPLITS, help="splits (default: all)")
         job.add_argument("--limit", type=int, help="at most this many rows per task and split")
+        job.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="print the prompts the command would send, loading no model weights",
+        )
+        job.add_argument(
+            "--format",
+            default="jsonl",
+            choices=("jsonl", "text"),
+            help="with --dry-run: one JSON object per prompt, or readable text",
+        )
         if name == "caption":
             job.add_argument(
                 "--retry-failed", action="store_true", help="caption failed images again"
@@ -163,15 +188,27 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "inspect":
             inspect(load_config(args.config, overrides), args.split, args.n, args.format)
         elif args.command == "caption":
-            from caslie.captioning import run_caption
+            from caslie import captioning
 
             cfg = load_config(args.config, overrides)
-            print(run_caption(cfg, args.tasks, args.splits, args.limit, args.retry_failed).text())
+            if args.dry_run:
+                _print_dry_run(
+                    captioning.dry_run(cfg, args.tasks, args.splits, args.limit), args.format
+                )
+            else:
+                print(
+                    captioning.run_caption(
+                        cfg, args.tasks, args.splits, args.limit, args.retry_failed
+                    ).text()
+                )
         elif args.command == "vote":
-            from caslie.cqe import run_vote
+            from caslie import cqe
 
             cfg = load_config(args.config, overrides)
-            print(run_vote(cfg, args.tasks, args.splits, args.limit, args.compare).text())
+            if args.dry_run:
+                _print_dry_run(cqe.dry_run(cfg, args.tasks, args.splits, args.limit), args.format)
+            else:
+                print(cqe.run_vote(cfg, args.tasks, args.splits, args.limit, args.compare).text())
         elif args.command == "evaluate":
             from caslie.evaluation import evaluate_file
 

@@ -379,11 +379,15 @@ class CaptionConfig:
 
     model: str = "meta-llama/Llama-3.2-11B-Vision-Instruct"
     """Captioning VLM: hub id, local folder, or ``tiny:llava``."""
+    prompts: str = "reference"
+    """EC3 prompt set: ``reference`` (the published code's prompt per backend, byte for byte, and its
+    caption clean-up: what the released captions were made with) or ``paper`` (Appendix C plus
+    ``length_instruction``)."""
     context: bool = True
     """Context-conditioned prompts (Appendix C); ``false`` captions without context (BLIP-2 baseline)."""
     length_instruction: str = "Please keep the caption within 50 words."
-    """Appended to each prompt (empty: nothing)."""
-    max_new_tokens: int = 96
+    """Appended to each ``paper`` prompt (empty: nothing); the reference's lead sentence says it."""
+    max_new_tokens: int = 128
     """Caption length budget in tokens."""
     batch_size: int = 8
     """Images per generation batch."""
@@ -408,6 +412,10 @@ class CaptionConfig:
         if self.batch_size < 1 or self.max_new_tokens < 1 or self.image_size < 32:
             raise ConfigError(
                 "caption.batch_size and caption.max_new_tokens must be positive, caption.image_size >= 32"
+            )
+        if self.prompts not in ("reference", "paper"):
+            raise ConfigError(
+                f"caption.prompts must be 'reference' or 'paper', got '{self.prompts}'"
             )
         if self.dtype not in ("auto", "bfloat16", "float16", "float32"):
             raise ConfigError(f"caption.dtype '{self.dtype}' is not auto/bfloat16/float16/float32")

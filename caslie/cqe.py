@@ -14,6 +14,7 @@ import gc
 import logging
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,7 @@ from caslie.config import Config, CQEConfig
 from caslie.data.cache import VoteCache, text_hash
 from caslie.data.captions import CaptionSource, usable_caption
 from caslie.data.votes import VoteTables, decide
-from caslie.errors import ConfigError
+from caslie.errors import CaslieError, ConfigError
 from caslie.jobs import (
     JobSummary,
     batches,
@@ -128,16 +129,8 @@ class Voter:
         self.templated = bool(getattr(self.tokenizer, "chat_template", None))
 
     def render(self, instruction: str) -> str:
-        """The instruction as a user turn in the voter's chat template; with the reference prompts,
-        a text voter also gets the reference system message."""
-        if not self.templated:
-            return instruction
-        messages = [{"role": "user", "content": instruction}]
-        if self.cfg.prompts == "reference" and not self.vision:
-            messages.insert(0, {"role": "system", "content": REFERENCE_SYSTEM})
-        return self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=False
-        )
+        """The instruction as the voter receives it (:func:`render_vote_prompt`)."""
+        return render_vote_prompt(self.tokenizer, instruction, self.cfg.prompts, self.vision)
 
     def _encode(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         texts = [self.render(p) for p in prompts]
@@ -189,6 +182,53 @@ def vote_jobs(cfg: Config, records: list[Record]) -> tuple[list[VoteJob], int]:
                 continue
             jobs.append(VoteJob(r, j, caption, cqe_prompt(r, j, caption, cfg.cqe.prompts)))
     return jobs, uncaptioned
+
+
+def render_vote_prompt(tokenizer: Any, instruction: str, prompt_set: str, vision: bool) -> str:
+    """The instruction as a user turn in the voter's chat template (as is without one); with the
+    reference prompts, a text voter also gets the reference system message."""
+    if not getattr(tokenizer, "chat_template", None):
+        return instruction
+    messages = [{"role": "user", "content": instruction}]
+    if prompt_set == "reference" and not vision:
+        messages.insert(0, {"role": "system", "content": REFERENCE_SYSTEM})
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def _voter_tokenizer(name: str, model_id: str, cfg: CQEConfig) -> tuple[Any, bool]:
+    """A voter's tokenizer (no weights) and whether the voter is a vision model."""
+    ckpt = Checkpoint.from_config(cfg, model_id, what=f"voter '{name}'")
+    if model_config(ckpt).model_type in VLM_TYPES:
+        return load_processor(ckpt).tokenizer, True
+    return load_tokenizer(ckpt, pad="eos"), False
+
+
+def dry_run(cfg: Config, tasks: list[str] | None = None, splits: list[str] | None = None,
+            limit: int | None = None) -> Iterator[dict[str, Any]]:  # fmt: skip
+    """The prompts ``caslie vote`` would send, one dict per (row, image, voter), loading no weights.
+
+    Each has ``id``, ``task``, ``split``, ``image_index``, ``voter``, ``caption``, ``prompt`` (the
+    instruction) and ``chat`` (the exact text the voter receives, or ``None`` when its tokenizer
+    cannot be loaded here, e.g. a hub id offline).
+    """
+    jobs, _ = vote_jobs(cfg, select_records(cfg, tasks, splits, limit))
+    for name in cfg.data.voters:
+        if name not in cfg.cqe.models:
+            raise ConfigError(f"voter '{name}' has no checkpoint in cqe.models")
+        try:
+            tokenizer, vision = _voter_tokenizer(name, cfg.cqe.models[name], cfg.cqe)
+        except CaslieError as err:
+            log.warning("no chat text for voter %s in the dry run: %s", name, err)
+            tokenizer, vision = None, False
+        for job in jobs:
+            chat = (
+                render_vote_prompt(tokenizer, job.prompt, cfg.cqe.prompts, vision)
+                if tokenizer
+                else None
+            )
+            yield {"id": job.record.id, "task": job.record.task, "split": job.record.split,
+                   "image_index": job.index, "voter": name, "caption": job.caption,
+                   "prompt": job.prompt, "chat": chat}  # fmt: skip
 
 
 def read_reference_answer(text: str, vision: bool = False) -> str:

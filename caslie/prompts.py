@@ -152,22 +152,67 @@ def fill(template: str, values: dict[str, str]) -> str:
 
 
 def caption_instruction(
-    record: Record, index: int, context: bool = True, length_instruction: str = ""
+    record: Record,
+    index: int,
+    context: bool = True,
+    length_instruction: str = "",
+    prompt_set: str = "paper",
+    backend: str | None = None,
 ) -> str:
-    """The EC3 captioning instruction for one image slot (Appendix C, plus the length instruction).
+    """The EC3 captioning instruction for one image slot.
 
     Args:
         record: The row.
         index: The image slot.
         context: Context-conditioned (the task's template) or :data:`CONTEXT_FREE_PROMPT`.
-        length_instruction: Appended after a space (empty: nothing).
+        length_instruction: Appended after a space (empty: nothing); ``paper`` prompts only.
+        prompt_set: ``reference`` (the published code's lead sentence for ``backend`` and its task
+            sentence, byte for byte) or ``paper`` (Appendix C plus ``length_instruction``).
+        backend: The captioner's model type (``mllama``, ``llava``, ``llava_next``...).
     """
+    if prompt_set == "reference" and context:
+        lead = REFERENCE_CAPTION_LEAD.get(backend or "", REFERENCE_CAPTION_LEAD["mllama"])
+        return lead + REFERENCE_CAPTION[record.task].format(
+            **_reference_caption_values(record, index)
+        )
     base = (
         fill(TASKS[record.task].caption_template, slot_contexts(record)[index])
         if context
         else CONTEXT_FREE_PROMPT
     )
     return f"{base} {length_instruction}".strip()
+
+
+# The captioning prompts of the published code, byte for byte: a lead sentence per backend, then the
+# task sentence (its quirks included: PSI's query and title swapped, SR's "profuct").
+REFERENCE_CAPTION_LEAD = {
+    "mllama": "Please generate a concise and informative caption for the product in the image within 50 words. ",
+    "llava_next": "Please generate a concise and informative caption for the product in the image. ",
+    "llava": "Please generate an informative caption for the product in the image. ",
+}  # fmt: skip
+REFERENCE_CAPTION = {
+    "ap": "The caption should be helpful to identify if the product-related question: {question}, is answerable.",
+    "cc": "The caption should be helpful to identify the product's fine-grained category. Here is the product title: {title}.",
+    "prp": "The title of the product in the image is '{title}'. The caption should be helpful to predict the relation between this product and the other product '{other_title}'.",
+    "psi": "The caption should be helpful to predict if the product: '{query}' can serve as a functional substitute for the user's query: '{title}'.",
+    "mpc": "The caption should be helpful to predict the relevance between the user's query: '{query}', and product: '{title}'.",
+    "sa": "The caption should be helpful to identify the user's sentiment from the review: {review}.",
+    "sr": "The caption should be helpful to recommend the next product the user is most likely to purchase by analyzing the user's intent based on the user's purchase history. Here is the title of the profuct in the image: {title}.",
+}  # fmt: skip
+
+
+def _reference_caption_values(record: Record, index: int) -> dict[str, str]:
+    inp: Any = record.input
+    if record.task == "sr":
+        items = list(inp) + list(record.options or [])
+        return {"title": items[index].split(": ", 1)[-1]}
+    if record.task == "prp":
+        titles = [str(inp.get("product 1", "")), str(inp.get("product 2", ""))]
+        return {"title": titles[index], "other_title": titles[1 - index]}
+    keys = {"ap": {"question": "question"}, "cc": {"title": "title"},
+            "psi": {"query": "query", "title": "product title"},
+            "mpc": {"query": "query", "title": "product title"}, "sa": {"review": "review"}}[record.task]  # fmt: skip
+    return {name: str(inp.get(key, "")) for name, key in keys.items()}
 
 
 def cqe_prompt(record: Record, index: int, caption: str, prompt_set: str = "paper") -> str:

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 from conftest import write_jsonl
 
-from caslie.captioning import instruction_for, run_caption
+from caslie.captioning import clean_reference, instruction_for, render_caption_prompt, run_caption
 from caslie.config import load_config
 from caslie.data.cache import CaptionCache, read_shards
-from caslie.data.records import load_records
+from caslie.data.records import load_records, parse_row
+from caslie.pretrained import Checkpoint, load_processor
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,8 +32,8 @@ def _slots(cfg):
     return records
 
 
-def test_prompts_follow_appendix_c_per_product(tmp_path):
-    cfg = _cfg(tmp_path)
+def test_paper_prompts_follow_appendix_c_per_product(tmp_path):
+    cfg = _cfg(tmp_path, "caption.prompts=paper")
     records = _slots(cfg)
     prp = next(r for r in records if r.task == "prp")
     first, second = instruction_for(prp, 0, cfg.caption), instruction_for(prp, 1, cfg.caption)
@@ -49,7 +50,9 @@ def test_prompts_follow_appendix_c_per_product(tmp_path):
     texts = [instruction_for(sr, j, cfg.caption) for j in range(len(sr.images))]
     assert len(texts) == len(sr.input) + len(sr.options) and len(set(texts)) == len(texts)
     assert sr.options[0].split(": ", 1)[1] in texts[len(sr.input)]
-    free = load_config(REPO / "configs/caption/demo.yaml", ["caption.context=false"]).caption
+    free = load_config(
+        REPO / "configs/caption/demo.yaml", ["caption.context=false", "caption.prompts=paper"]
+    ).caption
     assert prp.input["product 1"] not in instruction_for(prp, 0, free)
 
 
@@ -142,3 +145,84 @@ def test_kill_9_mid_run_then_rerun_gives_every_slot_exactly_once(tmp_path):
     assert set(counts) == expected  # nothing lost
     assert set(counts.values()) == {1}  # nothing done twice
     assert f"{len(expected) - done_before} done" in rerun.stdout
+
+
+def _reference_caption_prompt(row: dict) -> list[str]:
+    """A transcription of the published template.py:caption_prompt strings."""
+    inp, task = json.loads(row["input"]), row["task"]
+    if task == "multiclass_product_classification":
+        return [
+            "The caption should be helpful to predict the relevance between the user's query: '{}', and product: '{}'.".format(
+                inp["query"], inp["product title"]
+            )
+        ]
+    if task == "product_substitute_identification":
+        return [
+            "The caption should be helpful to predict if the product: '{}' can serve as a functional substitute for the user's query: '{}'.".format(
+                inp["query"], inp["product title"]
+            )
+        ]
+    if task == "product_relation_prediction":
+        text = "The title of the product in the image is '{}'. The caption should be helpful to predict the relation between this product and the other product '{}'."
+        return [
+            text.format(inp["product 1"], inp["product 2"]),
+            text.format(inp["product 2"], inp["product 1"]),
+        ]
+    if task == "sentiment_analysis":
+        return [
+            "The caption should be helpful to identify the user's sentiment from the review: {}.".format(
+                inp["review"]
+            )
+        ]
+    if task == "answerability_prediction":
+        return [
+            "The caption should be helpful to identify if the product-related question: {}, is answerable.".format(
+                inp["question"]
+            )
+        ]
+    if task == "sequential_recommendation":
+        text = "The caption should be helpful to recommend the next product the user is most likely to purchase by analyzing the user's intent based on the user's purchase history. Here is the title of the profuct in the image: {}."
+        ops = json.loads(row["options"])
+        return [text.format(x.split(": ", 1)[-1]) for x in inp] + [
+            text.format(o.split(": ", 1)[-1]) for o in ops
+        ]
+    return [
+        "The caption should be helpful to identify the product's fine-grained category. Here is the product title: {}.".format(
+            inp["title"]
+        )
+    ]
+
+
+LEADS = {
+    "mllama": "Please generate a concise and informative caption for the product in the image within 50 words. ",
+    "llava_next": "Please generate a concise and informative caption for the product in the image. ",
+    "llava": "Please generate an informative caption for the product in the image. ",
+}
+
+
+@pytest.mark.parametrize("backend", sorted(LEADS))
+def test_reference_prompts_equal_the_published_code_on_every_sample_image(
+    backend, tmp_path, sample_rows
+):
+    cfg = _cfg(tmp_path)
+    assert cfg.caption.prompts == "reference" and cfg.caption.max_new_tokens == 24  # demo budget
+    split_map = cfg.data.split_map
+    for row in sample_rows:
+        record = parse_row(row, "sample", split_map)
+        expected = _reference_caption_prompt(row)
+        assert len(expected) == len(record.images)
+        for j, text in enumerate(expected):
+            assert instruction_for(record, j, cfg.caption, backend) == LEADS[backend] + text
+
+
+def test_reference_clean_up_and_the_llava15_prompt_format(tmp_path):
+    assert clean_reference("A red\tdrill\nwith case ", "mllama") == "A red drill with case"
+    assert (
+        clean_reference('"quoted"', "llava_next") == "quoted"
+        and clean_reference("x", "llava") == "NA"
+    )
+    processor = load_processor(Checkpoint("tiny:llava"))
+    assert render_caption_prompt(processor, "llava", "Describe it.", raw=True) == (
+        "USER: <image>\nDescribe it. ASSISTANT:"
+    )
+    assert render_caption_prompt(processor, "blip-2", "Describe it.") == ""

@@ -140,3 +140,43 @@ def test_caslie_evaluate_rejects_misaligned_predictions(tmp_path, sample_rows, c
         == 2
     )
     assert "4 predictions for 5 rows" in capsys.readouterr().err
+
+
+def test_vote_dry_run_prints_each_prompt_per_voter_as_the_voter_receives_it(tmp_path, capsys):
+    args = ["vote", "--config", "configs/cqe/demo.yaml", f"data.votes={tmp_path / 'v'}", "--dry-run",
+            "--tasks", "prp", "sa", "--splits", "val", "--limit", "2"]  # fmt: skip
+    assert caslie_main(args) == 0
+    items = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    voters = ["tiny-llama", "tiny-mistral", "tiny-llava"]
+    assert len(items) == 3 * 3 * 2  # (2 prp rows x 2 images + 2 sa rows) x 3 voters
+    assert [i["voter"] for i in items[::6]] == voters
+    for item in items:
+        assert set(item) == {
+            "id",
+            "task",
+            "split",
+            "image_index",
+            "voter",
+            "caption",
+            "prompt",
+            "chat",
+        }
+        assert item["prompt"].endswith("Only output yes or no.") and item["prompt"] in item["chat"]
+        assert ("You are a helpful AI assistant." in item["chat"]) is (
+            item["voter"] != "tiny-llava"
+        )
+    assert not (tmp_path / "v").exists()  # nothing was voted
+
+
+def test_caption_dry_run_prints_the_reference_prompt_per_image(tmp_path, capsys):
+    args = ["caption", "--config", "configs/caption/demo.yaml", f"data.captions={tmp_path / 'c'}",
+            "--dry-run", "--tasks", "sr", "--splits", "test_ind", "--limit", "1"]  # fmt: skip
+    assert caslie_main(args) == 0
+    items = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert items and [i["image_index"] for i in items] == list(range(len(items)))
+    for item in items:  # tiny:llava is a LLaVA-1.5-style model: the reference's raw format
+        assert item["prompt"].startswith("Please generate an informative caption for the product")
+        assert item["chat"] == f"USER: <image>\n{item['prompt']} ASSISTANT:"
+    assert caslie_main([*args, "--format", "text"]) == 0
+    assert capsys.readouterr().out.count("=== ") == len(items)
+    assert not (tmp_path / "c").exists()
