@@ -306,7 +306,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
     print(f"\nrun folder: {result.run_dir}")
     print(f"tested checkpoint: {result.best_checkpoint or '(final weights)'}")
-    print(json.dumps({"caption_used_pct": result.data_manifest.get("caption_used_pct", {})}))
+    manifest = result.data_manifest
+    print(json.dumps({"caption_used_pct": manifest.get("caption_used_pct", {})}))
+    for key, what in (("trimmed", "training examples trimmed to data.max_length"),
+                      ("skipped_too_long", "examples skipped as too long")):  # fmt: skip
+        if manifest.get(key):
+            print(f"{what}: {json.dumps(manifest[key])}")
     print(result.table)
     return 0
 
