@@ -233,8 +233,9 @@ class ModelConfig:
     """LoRA rank (paper: 16)."""
     lora_alpha: int = 16
     """LoRA alpha (paper: 16)."""
-    lora_dropout: float = 0.05
-    """LoRA dropout."""
+    lora_dropout: float = 0.1
+    """LoRA dropout (the paper does not say; eCeLLM's finetune.sh, which CASLIE's training follows,
+    uses 0.10)."""
     lora_target_modules: list[str] = field(
         default_factory=lambda: [
             "q_proj",

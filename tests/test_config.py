@@ -17,7 +17,7 @@ def test_defaults_are_the_papers_hyper_parameters():
     assert cfg.optim.warmup_ratio == 0.05
     assert cfg.optim.scheduler == "cosine"
     assert cfg.trainer.max_epochs == 3
-    assert (cfg.model.lora_r, cfg.model.lora_alpha, cfg.model.lora_dropout) == (16, 16, 0.05)
+    assert (cfg.model.lora_r, cfg.model.lora_alpha, cfg.model.lora_dropout) == (16, 16, 0.1)
     assert "lm_head" in cfg.model.lora_target_modules
     assert cfg.data.tasks == ["ap", "cc", "prp", "psi", "mpc", "sa", "sr"]
     assert cfg.accumulate_grad_batches == 32
