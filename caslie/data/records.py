@@ -23,7 +23,7 @@ from caslie.config import DataConfig
 from caslie.errors import DataError, RowError, UnknownTaskError
 from caslie.hub import require_hub
 from caslie.record import Record
-from caslie.tasks import get_task, option_label
+from caslie.tasks import Task, get_task, option_label
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +171,31 @@ def _json_field(row: dict, name: str, loc: str, rid: str, kinds: tuple[type, ...
     return value
 
 
+def _row_head(raw: Any, location: str, required: tuple[str, ...]) -> tuple[dict, str, Task]:
+    """The row as a dict, its id (the source's, else a content hash) and its task, after checking
+    that the ``required`` fields are present.
+
+    Raises:
+        RowError: not JSON, not an object, a missing field, or an unknown task.
+    """
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except (json.JSONDecodeError, RecursionError) as err:
+            raise RowError(location, None, "<line>", f"not valid JSON ({err})") from None
+    if not isinstance(raw, dict):
+        raise RowError(location, None, "<row>", f"expected an object, got {type(raw).__name__}")
+    rid = str(raw["id"]) if raw.get("id") not in (None, "") else content_id(raw)
+    for name in required:
+        if raw.get(name) is None:
+            raise RowError(location, rid, name, "missing")
+    try:
+        task = get_task(raw["task"])
+    except UnknownTaskError as err:
+        raise RowError(location, rid, "task", str(err)) from None
+    return raw, rid, task
+
+
 def _options_field(raw: dict, loc: str, rid: str) -> tuple[list[str] | None, bool]:
     """The parsed ``options`` list (``None`` when absent), and whether the field is the JSON text
     ``"null"`` (which the reference renders as an options block reading ``null``)."""
@@ -221,21 +246,7 @@ def parse_gold_row(raw: Any, location: str, split_map: dict[str, str]) -> GoldRo
     Raises:
         RowError: naming the location, row id, field and problem.
     """
-    if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)
-        except (json.JSONDecodeError, RecursionError) as err:
-            raise RowError(location, None, "<line>", f"not valid JSON ({err})") from None
-    if not isinstance(raw, dict):
-        raise RowError(location, None, "<row>", f"expected an object, got {type(raw).__name__}")
-    rid = str(raw["id"]) if raw.get("id") not in (None, "") else content_id(raw)
-    for name in ("task", "split", "output"):
-        if raw.get(name) is None:
-            raise RowError(location, rid, name, "missing")
-    try:
-        task = get_task(raw["task"])
-    except UnknownTaskError as err:
-        raise RowError(location, rid, "task", str(err)) from None
+    raw, rid, task = _row_head(raw, location, ("task", "split", "output"))
     output = raw["output"]
     if not isinstance(output, str) or not output.strip():
         raise RowError(location, rid, "output", f"expected a non-empty string, got {output!r}")
@@ -274,21 +285,7 @@ def parse_row(raw: Any, location: str, split_map: dict[str, str]) -> Record:
     Raises:
         RowError: naming the location, row id, field and problem.
     """
-    if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)
-        except json.JSONDecodeError as err:
-            raise RowError(location, None, "<line>", f"not valid JSON ({err.msg})") from None
-    if not isinstance(raw, dict):
-        raise RowError(location, None, "<row>", f"expected an object, got {type(raw).__name__}")
-    rid = str(raw["id"]) if raw.get("id") not in (None, "") else content_id(raw)
-    for name in REQUIRED_FIELDS:
-        if raw.get(name) is None:
-            raise RowError(location, rid, name, "missing")
-    try:
-        task = get_task(raw["task"])
-    except UnknownTaskError as err:
-        raise RowError(location, rid, "task", str(err)) from None
+    raw, rid, task = _row_head(raw, location, REQUIRED_FIELDS)
     split = _canonical_split(raw, location, rid, split_map)
     instruction, output = raw["instruction"], raw["output"]
     for name, value in (("instruction", instruction), ("output", output)):
