@@ -122,8 +122,6 @@ def test_failed_captions_are_never_fused(sample_config, tmp_path):
 
 
 def test_rows_without_caption_info_raise_or_are_skipped(sample_config, tmp_path, sample_rows):
-    from conftest import write_jsonl
-
     rows = [
         dict(r) for r in sample_rows if r["task"] == "sentiment_analysis" and r["split"] == "train"
     ]

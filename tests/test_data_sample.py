@@ -5,7 +5,7 @@ from pathlib import Path
 from caslie.config import load_config
 from caslie.data.fusion import fuse_records
 from caslie.data.records import load_records, parse_row
-from caslie.data.sample import synthetic_rows, write_shipped
+from caslie.data.sample import CUES, synthetic_rows, write_shipped
 
 REPO = Path(__file__).resolve().parents[1]
 SPLIT_MAP = load_config().data.split_map
@@ -67,8 +67,6 @@ def test_synthetic_rows_are_schema_valid_deterministic_and_marked():
 
 
 def test_caption_dependent_rows_carry_the_label_only_in_the_caption():
-    from caslie.data.sample import CUES
-
     for row in synthetic_rows(
         train_per_task=30, eval_per_task=0, seed=1, tasks=["sa", "mpc", "psi", "ap", "prp"]
     ):

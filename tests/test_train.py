@@ -25,7 +25,7 @@ from caslie.data.sample import write_synthetic
 from caslie.errors import ConfigError, DataError, NonFiniteLossError
 from caslie.evaluation import score_rows
 from caslie.tiny import ensure_tiny
-from train import predict, run
+from train import predict, run, tiny_model_defaults
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -59,8 +59,6 @@ def test_hub_model_fails_fast_offline_naming_the_id(tmp_path):
 
 
 def test_tiny_models_run_on_the_sample_and_log_offline():
-    from train import tiny_model_defaults
-
     cfg = load_config(REPO / "configs/fashionclip.yaml", ["model.name_or_path=tiny:clip"])
     notes = tiny_model_defaults(cfg)
     assert cfg.data.source == "sample" and cfg.logger.wandb.mode == "offline" and len(notes) == 2
