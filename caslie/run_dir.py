@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -23,6 +24,8 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from caslie.config import RESTART_KEYS, Config, changed_keys, to_dict, to_yaml
 from caslie.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 AUTO_NAME = "auto"
 """``run.name`` value that names the run after its config file and overrides."""
@@ -64,8 +67,9 @@ def write_json_rank_zero(path: Path, payload: Any) -> None:
 def save_config(cfg: Config, run_dir: str | Path, allow_change: bool = False) -> Path:
     """Check the run folder's ``config.yaml`` against ``cfg`` (every rank), and write it (rank zero).
 
-    A run folder that already holds a different config is refused (resuming with other settings
-    silently mixes two experiments) unless ``allow_change`` is set.
+    A run folder that already holds a different config and a checkpoint is refused (resuming with
+    other settings silently mixes two experiments) unless ``allow_change`` is set. Without any
+    checkpoint nothing was trained yet (an attempt that failed early), so the new config replaces it.
 
     Raises:
         ConfigError: naming the changed keys.
@@ -75,7 +79,10 @@ def save_config(cfg: Config, run_dir: str | Path, allow_change: bool = False) ->
     text = to_yaml(cfg)
     if path.exists() and not allow_change:
         diff = changed_keys(path.read_text(encoding="utf-8"), text)
-        if diff:
+        if diff and not has_checkpoints(run_dir):
+            log.warning("run folder %s holds no checkpoint yet: its config is replaced (changed: %s)",
+                        run_dir, ", ".join(diff[:8]))  # fmt: skip
+        elif diff:
             raise ConfigError(
                 f"run folder {run_dir} already holds a different config (changed: "
                 f"{', '.join(diff[:8])}); choose another run.name or delete the folder"
@@ -83,6 +90,11 @@ def save_config(cfg: Config, run_dir: str | Path, allow_change: bool = False) ->
     if is_rank_zero():
         write_atomic(path, text)
     return path
+
+
+def has_checkpoints(run_dir: Path) -> bool:
+    """Whether the run folder holds a checkpoint (``checkpoints/*.ckpt`` or a SLURM ``hpc_ckpt``)."""
+    return any(run_dir.glob("checkpoints/*.ckpt")) or any(run_dir.glob("hpc_ckpt_*.ckpt"))
 
 
 def _slug(text: str) -> str:

@@ -23,8 +23,21 @@ def test_save_config_refuses_a_different_config_in_the_same_run(tmp_path: Path):
     assert OmegaConf.load(path).optim.lr == cfg.optim.lr
     save_config(cfg, tmp_path / "run")  # same config: fine (resume)
     other = load_config(None, ["run.name=x", "optim.lr=0.5"])
+    _checkpoint(tmp_path / "run")
     with pytest.raises(ConfigError, match=r"different config \(changed: optim.lr"):
         save_config(other, tmp_path / "run")
+
+
+def _checkpoint(run_dir: Path) -> None:
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"trained")
+
+
+def test_a_failed_attempt_without_checkpoints_does_not_block_the_corrected_retry(tmp_path: Path):
+    save_config(load_config(None, ["run.name=x", "data.votes=cache/wrong"]), tmp_path / "run")
+    fixed = load_config(None, ["run.name=x", "data.votes=cache/votes"])
+    path = save_config(fixed, tmp_path / "run")  # nothing was trained: replaced
+    assert OmegaConf.load(path).data.votes == "cache/votes"
 
 
 def test_only_rank_zero_writes_and_every_rank_checks(tmp_path, monkeypatch):
@@ -37,6 +50,7 @@ def test_only_rank_zero_writes_and_every_rank_checks(tmp_path, monkeypatch):
     assert not (tmp_path / "run" / "config.yaml").exists()
     monkeypatch.setattr(rank_zero_only, "rank", 0)
     save_config(cfg, tmp_path / "run")
+    _checkpoint(tmp_path / "run")
     monkeypatch.setattr(rank_zero_only, "rank", 1)
     with pytest.raises(ConfigError, match="different config"):  # rank 1 checks too
         save_config(load_config(None, ["run.name=x", "optim.lr=0.5"]), tmp_path / "run")
