@@ -230,9 +230,9 @@ def run(cfg: Config, callbacks: list | None = None) -> RunResult:
         [*checkpoints, DataManifest(run_dir), TokenThroughput(), report, *(callbacks or [])],
     )
     try:
-        trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True)
         best = best_cb.best_model_path if best_cb is not None else ""
-        trainer.test(module, datamodule=dm, ckpt_path=best or None)
+        trainer.test(module, datamodule=dm, ckpt_path=best or None, weights_only=True)
     except BaseException:
         _finish_wandb(wandb_logger, trainer, exit_code=1)
         raise
@@ -270,7 +270,7 @@ def predict(cfg: Config, adapter_run: Path | None = None, which: str = "best") -
     report = EvalReport(run_dir, image_root, 0)
     loggers = [CSVLogger(str(run_dir), name="csv", version="")]
     trainer = build_trainer(cfg, run_dir, loggers, [DataManifest(run_dir), report])
-    trainer.test(module, datamodule=dm, ckpt_path=ckpt)
+    trainer.test(module, datamodule=dm, ckpt_path=ckpt, weights_only=True)
     metrics = module.eval_results.get("metrics", {})
     return RunResult(run_dir, dm.manifest, metrics, ckpt or "", report.table)
 

@@ -38,18 +38,28 @@ def checkpoint_path(run_dir: Path, which: str) -> Path:
     return path
 
 
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint's tensors and plain values (``weights_only``: no code runs).
+def _load(path: Path) -> Any:
+    """A checkpoint file's tensors and plain values, memory-mapped. ``weights_only``: a file that
+    would run code while unpickling (planted in a run folder, say) is refused, never executed.
 
     Raises:
-        CheckpointError: the file is not a readable checkpoint with a ``state_dict``.
+        CheckpointError: the file cannot be read that way.
     """
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # torch raises many types for a file that is not a checkpoint
         raise CheckpointError(
             f"{path} is not a readable checkpoint ({type(err).__name__}: {err})"
         ) from None
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint (see :func:`_load`) that holds a ``state_dict``.
+
+    Raises:
+        CheckpointError: the file is not a readable checkpoint with a ``state_dict``.
+    """
+    ckpt = _load(path)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise CheckpointError(f"{path} is not a caslie checkpoint (no state_dict)")
     return ckpt
@@ -57,11 +67,11 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 
 def _step(path: Path) -> int:
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except Exception as err:  # a damaged file is skipped, not fatal: an older one may be fine
-        log.warning("skipping unreadable checkpoint %s: %s", path, err)
+        ckpt = _load(path)
+    except CheckpointError as err:  # skipped, not fatal: an older checkpoint may be fine
+        log.warning("skipping %s", err)
         return -1
-    return int(ckpt.get("global_step", -1))
+    return int(ckpt.get("global_step", -1)) if isinstance(ckpt, dict) else -1
 
 
 def resolve_ckpt(ckpt_path: str | None, run_dir: Path) -> str | None:
