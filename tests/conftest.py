@@ -10,6 +10,7 @@ import pytest
 from caslie.config import Config, load_config
 from caslie.pretrained import load_tokenizer
 from caslie.tasks import TASKS
+from train import run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,6 +63,17 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """One trained demo run (config, result), shared by the tests that read a finished run."""
+    tmp = tmp_path_factory.mktemp("demo")
+    # Constrained decoding: every answer parses, so every task has metrics and a confusion matrix.
+    cfg = demo_config(
+        tmp, "trainer.max_epochs=3", "logger.wandb.log_predictions=8", "eval.constrained=true"
+    )
+    return cfg, run(cfg)
 
 
 def demo_config(tmp: Path, *overrides: str) -> Config:

@@ -2,27 +2,15 @@
 
 import pytest
 import torch
-from conftest import demo_config
+from transformers import AutoModelForCausalLM
 
 from caslie.export import export_merged, load_adapted
 from caslie.models.lora import load_base_model
-from train import run
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("export")
-    cfg = demo_config(
-        tmp, "trainer.max_epochs=1", "data.tasks=[ap,sa]", "logger.wandb.mode=disabled"
-    )
-    return cfg, run(cfg)
-
-
 def test_export_merges_the_adapter(demo_run, tmp_path):
-    from transformers import AutoModelForCausalLM
-
     cfg, result = demo_run
     out = export_merged(result.run_dir, tmp_path / "merged")
     merged = AutoModelForCausalLM.from_pretrained(out).eval()

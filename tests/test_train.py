@@ -69,16 +69,6 @@ def test_tiny_models_run_on_the_sample_and_log_offline():
     assert local.data.source == "/data/rows.jsonl"  # only the default hub dataset is replaced
 
 
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("demo")
-    # Constrained decoding: every answer parses, so every task has metrics and a confusion matrix.
-    cfg = _config(
-        tmp, "trainer.max_epochs=3", "logger.wandb.log_predictions=8", "eval.constrained=true"
-    )
-    return cfg, run(cfg)
-
-
 def test_run_writes_config_metrics_predictions_and_adapter_only_checkpoints(demo_run):
     cfg, result = demo_run
     d = result.run_dir
