@@ -10,6 +10,7 @@ the best checkpoint on every evaluation split. ``run(cfg)`` is the whole job, ca
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -20,14 +21,19 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from callbacks.data_manifest import DataManifest
 from callbacks.eval_report import EvalReport
+from callbacks.progress_lines import ProgressLines
+from callbacks.resume_point import ResumePoint
 from callbacks.throughput import TokenThroughput
 from caslie.checkpoints import AtomicCheckpointIO, checkpoint_path, resolve_ckpt
+from caslie.cluster import in_slurm_step
 from caslie.config import Config, DataConfig, load_config, to_dict
+from caslie.csv_log import RunCSVLogger
 from caslie.data.records import default_image_root
 from caslie.errors import EXIT_USER_ERROR, CaslieError, ConfigError
 from caslie.evaluation import PRIMARY_MEAN
@@ -41,7 +47,18 @@ from caslie.pretrained import (
     resolve_dtype,
     tokenizer_for,
 )
-from caslie.run_dir import AUTO_NAME, auto_run_name, resolve_run_name, save_config, wandb_run_id
+from caslie.run_dir import (
+    AUTO_NAME,
+    RunFinished,
+    auto_run_name,
+    is_rank_zero,
+    mark_finished,
+    resolve_run_name,
+    save_config,
+    start_plan,
+    wandb_run_id,
+)
+from caslie.signals import StopRequested
 from datamodules.base import CaslieDataModule
 from datamodules.clip import CLIPDataModule
 from datamodules.mmec import MMECDataModule
@@ -130,8 +147,18 @@ def generates_on_val(cfg: Config) -> bool:
     return cfg.model.kind == "fashionclip" or cfg.eval.generate_on_val
 
 
+def show_bar(cfg: Config) -> bool:
+    """A progress bar on a terminal; in a log file (SLURM ``.out``, a pipe) plain lines instead."""
+    return cfg.trainer.enable_progress_bar and sys.stderr.isatty()
+
+
 def build_trainer(cfg: Config, run_dir: Path, loggers: list, callbacks: list) -> L.Trainer:
-    """The Lightning Trainer for a run config."""
+    """The Lightning Trainer for a run config.
+
+    Inside ``srun`` the devices and nodes follow the SLURM allocation (``auto``), and Lightning's
+    own SLURM signal handling is off: :class:`~callbacks.resume_point.ResumePoint` saves and
+    requeues at a whole state instead of inside the signal handler.
+    """
     t = cfg.trainer
     precision = (
         t.precision if t.precision != "auto" else precision_for(resolve_dtype(cfg.model.dtype))
@@ -145,15 +172,21 @@ def build_trainer(cfg: Config, run_dir: Path, loggers: list, callbacks: list) ->
         }.items()  # fmt: skip
         if v is not None
     }
+    plugins: list = [AtomicCheckpointIO()]
+    if in_slurm_step():
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    devices, num_nodes = cfg.allocation
+    if not show_bar(cfg) and t.enable_progress_bar:
+        callbacks = [*callbacks, ProgressLines(t.log_every_n_steps)]
     try:
         return L.Trainer(
-            accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+            accelerator=t.accelerator, devices=devices, num_nodes=num_nodes, strategy=t.strategy,
             precision=precision, max_epochs=t.max_epochs, max_steps=t.max_steps,
             accumulate_grad_batches=cfg.accumulate_grad_batches, gradient_clip_val=t.gradient_clip_val,
             log_every_n_steps=t.log_every_n_steps, num_sanity_val_steps=t.num_sanity_val_steps,
-            enable_progress_bar=t.enable_progress_bar, use_distributed_sampler=False,
-            default_root_dir=str(run_dir), logger=loggers or False, callbacks=callbacks,
-            plugins=[AtomicCheckpointIO()], **optional,
+            enable_progress_bar=show_bar(cfg), enable_model_summary=is_rank_zero(),
+            use_distributed_sampler=False, default_root_dir=str(run_dir), logger=loggers or False,
+            callbacks=callbacks, plugins=plugins, **optional,
         )  # fmt: skip
     except (ValueError, MisconfigurationException) as err:  # Lightning's own checks of trainer.*
         raise ConfigError(f"the trainer.* settings do not work here: {err}") from None
@@ -171,12 +204,35 @@ def _wandb_logger(cfg: Config, run_dir: Path, resuming: bool) -> WandbLogger | N
 
 
 def _finish_wandb(logger: WandbLogger | None, trainer: L.Trainer, exit_code: int) -> None:
-    """Close this process's W&B run (a crashed one too, so a retry in the same process starts clean)."""
-    if logger is not None and trainer.is_global_zero and logger._experiment is not None:
+    """Close this process's W&B run (a crashed one too, so a retry in the same process starts clean).
+
+    A SIGTERM from SLURM reaches W&B's service process too, which then exits at once; closing the
+    run can only fail then, so it is done quietly (every metric is also in ``csv/metrics.csv``, and
+    a resumed run continues the same W&B run).
+    """
+    if logger is None or not trainer.is_global_zero or logger._experiment is None:
+        return
+    if exit_code < 128:
         logger.experiment.finish(exit_code=exit_code)
+        return
+    import wandb
+
+    quiet = [logging.getLogger(name) for name in ("asyncio", "wandb")]
+    levels = [q.level for q in quiet]
+    for q in quiet:
+        q.setLevel(logging.CRITICAL)
+    try:
+        for close in (lambda: logger.experiment.finish(exit_code=exit_code),
+                      lambda: wandb.teardown(exit_code)):  # fmt: skip
+            with contextlib.suppress(Exception):
+                close()
+    finally:
+        for q, level in zip(quiet, levels, strict=True):
+            q.setLevel(level)
 
 
 def _checkpoint_callbacks(cfg: Config, run_dir: Path) -> tuple[ModelCheckpoint | None, list]:
+    """The best checkpoint (by ``val``, when validated) and the resume point ``last.ckpt``."""
     best = None
     if "val" in cfg.data.eval_splits:
         by_loss = cfg.eval.select == "loss" or not generates_on_val(cfg)
@@ -185,8 +241,10 @@ def _checkpoint_callbacks(cfg: Config, run_dir: Path) -> tuple[ModelCheckpoint |
             dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode=mode,
             save_top_k=1, enable_version_counter=False,
         )  # fmt: skip
-    last = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_top_k=0, save_last=True,
-                           every_n_train_steps=cfg.trainer.checkpoint_every_n_steps)  # fmt: skip
+    last = ResumePoint(
+        run_dir / "checkpoints" / "last.ckpt", every_n_steps=cfg.trainer.checkpoint_every_n_steps,
+        every_minutes=cfg.trainer.checkpoint_every_minutes,
+    )  # fmt: skip
     return best, [c for c in (best, last) if c is not None]
 
 
@@ -196,47 +254,59 @@ def run(cfg: Config, callbacks: list | None = None) -> RunResult:
 
     Writes ``<run.output_dir>/<run.name>/``: ``config.yaml``, ``data_manifest.json``,
     ``checkpoints/{best,last}.ckpt`` (adapter weights plus training state), ``predictions/<split>.jsonl``,
-    ``metrics.json``, and the W&B run (``wandb/``). ``trainer.ckpt_path=last`` resumes the run.
+    ``metrics.json``, ``status.json`` and the W&B run (``wandb/``). ``trainer.ckpt_path=last``
+    (``--resume``) continues the run; a finished run is left alone unless ``run.overwrite``.
 
     Args:
         cfg: The run config.
         callbacks: Extra Lightning callbacks.
+
+    Raises:
+        RunFinished: the run has already finished (nothing was done).
+        StopRequested: a stop signal arrived; the resume point is saved.
     """
     for note in tiny_model_defaults(cfg):
         log.warning(note)
     run_dir = Path(cfg.run.output_dir) / resolve_run_name(cfg)
-    save_config(cfg, run_dir)
+    ckpt_request = start_plan(cfg, run_dir)
     L.seed_everything(cfg.run.seed, workers=True, verbose=False)
     dm, module = build_data_and_module(cfg, run_dir)
 
-    ckpt = resolve_ckpt(cfg.trainer.ckpt_path, run_dir)
+    ckpt = resolve_ckpt(ckpt_request, run_dir)
     # The module stores the sampler position in its checkpoints and the data module resumes from
     # it, which Lightning's check for stateful loaders cannot see.
     warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
-    wandb_logger = _wandb_logger(cfg, run_dir, resuming=ckpt is not None)
-    loggers: list = [CSVLogger(str(run_dir), name="csv", version="")]
-    if wandb_logger is not None:
-        loggers.append(wandb_logger)
-        module.wandb_run_id = wandb_logger._id
     best_cb, checkpoints = _checkpoint_callbacks(cfg, run_dir)
     image_root = (
         Path(cfg.data.image_root) if cfg.data.image_root else default_image_root(cfg.data.source)
     )
     report = EvalReport(run_dir, image_root, cfg.logger.wandb.log_predictions)
+    loggers: list = [RunCSVLogger(str(run_dir), name="csv", version="")]
     trainer = build_trainer(
         cfg,
         run_dir,
         loggers,
         [*checkpoints, DataManifest(run_dir), TokenThroughput(), report, *(callbacks or [])],
     )
+    # Everything that can refuse the config has run: only now does the run folder take it.
+    save_config(cfg, run_dir, allow_change=cfg.run.overwrite)
+    wandb_logger = _wandb_logger(cfg, run_dir, resuming=ckpt is not None)
+    if wandb_logger is not None:
+        trainer.loggers = [*trainer.loggers, wandb_logger]
+        module.wandb_run_id = wandb_logger._id
+    exit_code = 1
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True)
         best = best_cb.best_model_path if best_cb is not None else ""
-        trainer.test(module, datamodule=dm, ckpt_path=best or None, weights_only=True)
-    except BaseException:
-        _finish_wandb(wandb_logger, trainer, exit_code=1)
+        trainer.test(module, datamodule=dm, ckpt_path=best or None, weights_only=True,
+                     verbose=False)  # fmt: skip
+        exit_code = 0
+    except StopRequested as stop:
+        exit_code = stop.exit_code
         raise
-    _finish_wandb(wandb_logger, trainer, exit_code=0)
+    finally:
+        _finish_wandb(wandb_logger, trainer, exit_code=exit_code)
+    mark_finished(run_dir)
     metrics = module.eval_results.get("metrics", {})
     return RunResult(run_dir, dm.manifest, metrics, best, report.table)
 
@@ -268,9 +338,9 @@ def predict(cfg: Config, adapter_run: Path | None = None, which: str = "best") -
         Path(cfg.data.image_root) if cfg.data.image_root else default_image_root(cfg.data.source)
     )
     report = EvalReport(run_dir, image_root, 0)
-    loggers = [CSVLogger(str(run_dir), name="csv", version="")]
+    loggers = [RunCSVLogger(str(run_dir), name="csv", version="")]
     trainer = build_trainer(cfg, run_dir, loggers, [DataManifest(run_dir), report])
-    trainer.test(module, datamodule=dm, ckpt_path=ckpt, weights_only=True)
+    trainer.test(module, datamodule=dm, ckpt_path=ckpt, weights_only=True, verbose=False)
     metrics = module.eval_results.get("metrics", {})
     return RunResult(run_dir, dm.manifest, metrics, ckpt or "", report.table)
 
@@ -295,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         "--checkpoint", default="best", help="with --adapter-run: best, last or a file"
     )
     args, overrides = parser.parse_known_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     try:
         cfg = load_config(args.config, overrides + ["trainer.ckpt_path=last"] * args.resume)
         if cfg.run.name == AUTO_NAME:
@@ -304,6 +374,36 @@ def main(argv: list[str] | None = None) -> int:
     except CaslieError as err:
         print(f"train.py: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except RunFinished as done:
+        if is_rank_zero():
+            print(f"train.py: {done}", file=sys.stderr)
+        return 0
+    except StopRequested as stop:
+        if is_rank_zero():
+            print(f"train.py: {stop}", file=sys.stderr)
+        return stop.exit_code
+    if is_rank_zero():
+        print_summary(result)
+    return 0
+
+
+def setup_logging() -> None:
+    """One handler, on the root logger, for every library: Lightning's own handler is removed (its
+    lines would print twice), and ranks other than zero print warnings and errors only."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(logging.INFO if is_rank_zero() else logging.WARNING)
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        lib = logging.getLogger(name)
+        lib.handlers = []
+        lib.propagate = True
+        lib.setLevel(logging.NOTSET)
+
+
+def print_summary(result: RunResult) -> None:
+    """The end of a run, on stdout: its folder, the tested checkpoint, the data notes and table."""
     print(f"\nrun folder: {result.run_dir}")
     print(f"tested checkpoint: {result.best_checkpoint or '(final weights)'}")
     manifest = result.data_manifest
@@ -313,7 +413,6 @@ def main(argv: list[str] | None = None) -> int:
         if manifest.get(key):
             print(f"{what}: {json.dumps(manifest[key])}")
     print(result.table)
-    return 0
 
 
 if __name__ == "__main__":

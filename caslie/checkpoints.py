@@ -65,24 +65,36 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     return ckpt
 
 
-def _step(path: Path) -> int:
+def resume_candidates(run_dir: Path) -> list[Path]:
+    """Checkpoints a run can resume from: ``checkpoints/*.ckpt`` (``last``, ``best``) and the
+    ``hpc_ckpt_*.ckpt`` of Lightning's SLURM handler. Emergency saves of a non-finite loss
+    (``nonfinite-*``) are no resume point."""
+    found = [*run_dir.glob("checkpoints/*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]
+    return sorted(p for p in found if p.is_file() and not p.name.startswith("nonfinite"))
+
+
+def _step(path: Path) -> tuple[int, str]:
+    """(optimiser steps, "") of a readable checkpoint, else (-1, why not)."""
     try:
         ckpt = _load(path)
-    except CheckpointError as err:  # skipped, not fatal: an older checkpoint may be fine
-        log.warning("skipping %s", err)
-        return -1
-    return int(ckpt.get("global_step", -1)) if isinstance(ckpt, dict) else -1
+    except CheckpointError as err:
+        return -1, str(err)
+    if not isinstance(ckpt, dict) or "global_step" not in ckpt or "loops" not in ckpt:
+        return -1, f"{path} holds no training state"
+    return int(ckpt["global_step"]), ""
 
 
 def resolve_ckpt(ckpt_path: str | None, run_dir: Path) -> str | None:
     """Map ``trainer.ckpt_path`` to a file.
 
-    ``last`` picks the checkpoint with the most optimiser steps among ``checkpoints/last.ckpt`` and
-    the ``hpc_ckpt_*.ckpt`` Lightning writes into the run folder on SLURM's requeue signal; with none
-    (a first run) training starts fresh. Any other value must be an existing file.
+    ``last`` picks the readable checkpoint with the most optimiser steps among
+    :func:`resume_candidates` (normally ``checkpoints/last.ckpt``; when that one is missing or
+    unreadable, the newest other one, with a warning); with no checkpoint at all (a first run)
+    training starts fresh. Any other value must be an existing file.
 
     Raises:
         MissingPathError: an explicit checkpoint path that does not exist.
+        CheckpointError: the run has checkpoints but none is readable (never start over silently).
     """
     if ckpt_path is None:
         return None
@@ -90,12 +102,28 @@ def resolve_ckpt(ckpt_path: str | None, run_dir: Path) -> str | None:
         if not Path(ckpt_path).is_file():
             raise MissingPathError(f"trainer.ckpt_path '{ckpt_path}' does not exist")
         return ckpt_path
-    candidates = [run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")]
-    candidates = [p for p in candidates if p.is_file()]
-    scored = [(s, p.stat().st_mtime, p) for p in candidates if (s := _step(p)) >= 0]
-    if not scored:
+    candidates = resume_candidates(run_dir)
+    if not candidates:
         log.info("no checkpoint in %s yet: starting a fresh run", run_dir)
         return None
-    best = max(scored)[2]
-    log.info("resuming from %s", best)
-    return str(best)
+    readable, problems = [], []
+    for path in candidates:
+        step, problem = _step(path)
+        if step >= 0:
+            readable.append((step, path.stat().st_mtime, path))
+        else:
+            problems.append(problem)
+    if not readable:
+        raise CheckpointError(
+            f"no checkpoint in {run_dir} can be resumed from ({'; '.join(problems)}); "
+            f"run.overwrite=true starts the run over"
+        )
+    step, _, newest = max(readable)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if newest != last:
+        why = "is missing" if not last.is_file() else "is unreadable or older"
+        log.warning("%s %s: resuming from %s (step %d) instead", last, why, newest, step)
+    for problem in problems:
+        log.warning("skipped: %s", problem)
+    log.info("resuming from %s (step %d)", newest, step)
+    return str(newest)

@@ -17,6 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from caslie.cluster import AUTO, resolve_devices
 from caslie.errors import ConfigError, UnknownTaskError
 from caslie.tasks import TASK_CODES, get_task
 
@@ -59,6 +60,10 @@ class RunConfig:
     """Parent folder of run folders."""
     seed: int = 42
     """Seed for Python, NumPy, torch and the batch samplers."""
+    overwrite: bool = False
+    """Start the run over: delete its checkpoints, predictions and metrics first. Without it, a
+    finished run is left alone and an unfinished one needs ``--resume``. A requeued SLURM job never
+    starts over: it resumes."""
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9._-]+", self.name or ""):
@@ -302,10 +307,11 @@ class TrainerConfig:
 
     accelerator: str = "auto"
     """``auto``, ``gpu``, ``cpu``..."""
-    devices: int = 1
-    """Devices per node."""
-    num_nodes: int = 1
-    """Nodes."""
+    devices: str = "auto"
+    """Devices per node, or ``auto``: the SLURM tasks per node inside ``srun``, else every visible GPU
+    (one process on CPU)."""
+    num_nodes: str = "auto"
+    """Nodes, or ``auto``: the SLURM job's nodes inside ``srun``, else 1."""
     strategy: str = "auto"
     """``auto``, ``ddp``, ``fsdp``, ``deepspeed_stage_2``..."""
     precision: str = "auto"
@@ -327,15 +333,23 @@ class TrainerConfig:
     ckpt_path: str | None = None
     """Resume from this checkpoint (``last``: the run's newest, or a fresh start if it has none)."""
     checkpoint_every_n_steps: int | None = None
-    """Also save ``last.ckpt`` every N optimiser steps (``null``: at validation only)."""
+    """Also save ``last.ckpt`` every N optimiser steps (``null``: by time and epoch only)."""
+    checkpoint_every_minutes: float | None = 30.0
+    """Save ``last.ckpt`` after this many minutes of training since the last save (``null``: off).
+    ``last.ckpt`` is also saved after every validation, at every epoch end and on SIGTERM/SIGUSR1."""
     num_sanity_val_steps: int = 2
     """Validation batches run before training, to fail early (0: none)."""
     enable_progress_bar: bool = True
-    """Show progress bars."""
+    """Show progress: a bar on a terminal, plain lines every ``log_every_n_steps`` steps in a log
+    file (a SLURM ``.out``)."""
 
     def __post_init__(self) -> None:
-        if self.devices < 1 or self.num_nodes < 1:
-            raise ConfigError("trainer.devices and trainer.num_nodes must be positive")
+        for key in ("devices", "num_nodes"):
+            value = str(getattr(self, key))
+            if value != AUTO and not (value.isdigit() and int(value) > 0):
+                raise ConfigError(f"trainer.{key} must be a positive number or auto, not '{value}'")
+        if self.checkpoint_every_minutes is not None and self.checkpoint_every_minutes <= 0:
+            raise ConfigError("trainer.checkpoint_every_minutes must be positive (or null: off)")
         if self.max_epochs < 1 and self.max_steps < 1:
             raise ConfigError("set trainer.max_epochs or trainer.max_steps to a positive number")
 
@@ -523,7 +537,7 @@ class Config:
                 "eval.select=primary picks the best checkpoint by generated answers on val, but "
                 "eval.generate_on_val=false; set eval.select=loss or eval.generate_on_val=true"
             )
-        world = self.trainer.devices * self.trainer.num_nodes
+        world = self.world_size
         per_step = self.optim.micro_batch_size * world
         if self.optim.effective_batch_size % per_step:
             raise ConfigError(
@@ -535,8 +549,20 @@ class Config:
     @property
     def accumulate_grad_batches(self) -> int:
         """Micro-batches accumulated per optimiser step on each device."""
-        world = self.trainer.devices * self.trainer.num_nodes
-        return self.optim.effective_batch_size // (self.optim.micro_batch_size * world)
+        return self.optim.effective_batch_size // (self.optim.micro_batch_size * self.world_size)
+
+    @property
+    def allocation(self) -> tuple[int, int]:
+        """(devices per node, nodes) this process runs with (``auto`` resolved, see
+        :mod:`caslie.cluster`)."""
+        t = self.trainer
+        return resolve_devices(t.accelerator, t.devices, t.num_nodes)
+
+    @property
+    def world_size(self) -> int:
+        """Processes in the job: devices per node x nodes."""
+        per_node, nodes = self.allocation
+        return per_node * nodes
 
 
 # --------------------------------------------------------------------------------------------------
@@ -683,7 +709,8 @@ def to_dict(cfg: Config) -> dict[str, Any]:
     return container  # type: ignore[return-value]
 
 
-RESTART_KEYS = frozenset({"trainer.ckpt_path", "trainer.enable_progress_bar", "data.num_workers"})
+RESTART_KEYS = frozenset({"trainer.ckpt_path", "trainer.enable_progress_bar", "data.num_workers",
+                          "run.overwrite"})  # fmt: skip
 """Keys a restarted run may change without becoming another experiment."""
 
 

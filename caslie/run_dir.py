@@ -14,14 +14,17 @@ import logging
 import os
 import re
 import secrets
+import shutil
 import string
 import tempfile
 from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_only
 
+from caslie.cluster import restarted_by_slurm
 from caslie.config import RESTART_KEYS, Config, changed_keys, to_dict, to_yaml
 from caslie.errors import ConfigError
 
@@ -31,7 +34,23 @@ AUTO_NAME = "auto"
 """``run.name`` value that names the run after its config file and overrides."""
 
 WANDB_ID_FILE = "wandb_run_id"
+STATUS_FILE = "status.json"
 MAX_NAME = 96
+
+RUN_OUTPUTS = ("checkpoints", "predictions", "csv", "metrics.json", "data_manifest.json",
+               STATUS_FILE, WANDB_ID_FILE)  # fmt: skip
+"""What a training run writes besides ``config.yaml`` and ``wandb/``: removed by ``run.overwrite``."""
+
+
+class RunFinished(Exception):
+    """The run folder holds a finished run, so a start without ``run.overwrite`` does nothing."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        super().__init__(
+            f"run {run_dir} has already finished (see {run_dir / 'metrics.json'}); nothing to do. "
+            f"run.overwrite=true starts it over, or choose another run.name"
+        )
 
 
 def is_rank_zero() -> bool:
@@ -64,31 +83,43 @@ def write_json_rank_zero(path: Path, payload: Any) -> None:
         write_atomic(path, json.dumps(payload, indent=2) + "\n")
 
 
-def save_config(cfg: Config, run_dir: str | Path, allow_change: bool = False) -> Path:
-    """Check the run folder's ``config.yaml`` against ``cfg`` (every rank), and write it (rank zero).
+def check_config(cfg: Config, run_dir: str | Path) -> None:
+    """Check ``cfg`` against the run folder's ``config.yaml`` (on every rank; nothing is written).
 
-    A run folder that already holds a different config and a checkpoint is refused (resuming with
-    other settings silently mixes two experiments) unless ``allow_change`` is set. Without any
-    checkpoint nothing was trained yet (an attempt that failed early), so the new config replaces it.
+    A run folder that already holds a different config and a checkpoint is refused: resuming with
+    other settings silently mixes two experiments. Without any checkpoint nothing was trained yet
+    (an attempt that failed early), so the new config may replace it.
 
     Raises:
         ConfigError: naming the changed keys.
     """
     run_dir = Path(run_dir)
     path = run_dir / "config.yaml"
-    text = to_yaml(cfg)
-    if path.exists() and not allow_change:
-        diff = changed_keys(path.read_text(encoding="utf-8"), text)
-        if diff and not has_checkpoints(run_dir):
-            log.warning("run folder %s holds no checkpoint yet: its config is replaced (changed: %s)",
-                        run_dir, ", ".join(diff[:8]))  # fmt: skip
-        elif diff:
-            raise ConfigError(
-                f"run folder {run_dir} already holds a different config (changed: "
-                f"{', '.join(diff[:8])}); choose another run.name or delete the folder"
-            )
+    if not path.exists():
+        return
+    diff = changed_keys(path.read_text(encoding="utf-8"), to_yaml(cfg))
+    if diff and not has_checkpoints(run_dir):
+        log.warning("run folder %s holds no checkpoint yet: its config is replaced (changed: %s)",
+                    run_dir, ", ".join(diff[:8]))  # fmt: skip
+    elif diff:
+        raise ConfigError(
+            f"run folder {run_dir} already holds a different config (changed: "
+            f"{', '.join(diff[:8])}); choose another run.name, or run.overwrite=true to start over"
+        )
+
+
+def save_config(cfg: Config, run_dir: str | Path, allow_change: bool = False) -> Path:
+    """:func:`check_config` (unless ``allow_change``), then write ``config.yaml`` (rank zero).
+
+    Raises:
+        ConfigError: naming the changed keys.
+    """
+    run_dir = Path(run_dir)
+    if not allow_change:
+        check_config(cfg, run_dir)
+    path = run_dir / "config.yaml"
     if is_rank_zero():
-        write_atomic(path, text)
+        write_atomic(path, to_yaml(cfg))
     return path
 
 
@@ -166,3 +197,61 @@ def wandb_run_id(run_dir: Path, resuming: bool, environ: Mapping[str, str] = os.
     if is_rank_zero():
         write_atomic(path, run_id)
     return run_id
+
+
+def mark_finished(run_dir: Path) -> None:
+    """Record that the run trained and tested to the end (rank zero)."""
+    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    write_json_rank_zero(run_dir / STATUS_FILE, {"state": "finished", "finished_at": stamp})
+
+
+def is_finished(run_dir: Path) -> bool:
+    """Whether :func:`mark_finished` recorded the run as finished."""
+    try:
+        status = json.loads((run_dir / STATUS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(status, dict) and status.get("state") == "finished"
+
+
+def start_over(run_dir: Path) -> None:
+    """Delete what an earlier start of the run wrote (:data:`RUN_OUTPUTS`, SLURM ``hpc_ckpt`` files),
+    on rank zero. ``config.yaml`` is rewritten by the new start; ``wandb/`` keeps the old W&B runs."""
+    if not is_rank_zero():
+        return
+    for name in RUN_OUTPUTS:
+        path = run_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+    for path in run_dir.glob("hpc_ckpt_*.ckpt"):
+        path.unlink()
+
+
+def start_plan(cfg: Config, run_dir: Path, environ: Mapping[str, str] = os.environ) -> str | None:
+    """Decide what this start of a training run does, and return the ``trainer.ckpt_path`` to use.
+
+    * ``run.overwrite``: start over (:func:`start_over`), except in a requeued SLURM job, which
+      resumes: the requeued command line still says ``run.overwrite=true``.
+    * A finished run is left alone (:class:`RunFinished`).
+    * An unfinished run with checkpoints continues only when asked (``--resume``,
+      ``trainer.ckpt_path``); a plain rerun would train from step 0 over its checkpoints.
+
+    Raises:
+        RunFinished: the run has finished.
+        ConfigError: the run has checkpoints and neither ``--resume`` nor ``run.overwrite`` is set.
+    """
+    if cfg.run.overwrite and not restarted_by_slurm(environ):
+        start_over(run_dir)
+        return None  # never the old checkpoints, even on a rank that looks before rank zero deletes
+    ckpt_path = "last" if cfg.run.overwrite else cfg.trainer.ckpt_path
+    check_config(cfg, run_dir)
+    if is_finished(run_dir):
+        raise RunFinished(run_dir)
+    if ckpt_path is None and has_checkpoints(run_dir):
+        raise ConfigError(
+            f"run folder {run_dir} holds checkpoints of an unfinished run: pass --resume to "
+            f"continue it, run.overwrite=true to start it over, or choose another run.name"
+        )
+    return ckpt_path

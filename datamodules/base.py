@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import lightning as L
+import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
@@ -160,8 +161,13 @@ class CaslieDataModule(L.LightningDataModule):
         self.check_eval_splits()
         return [self.eval_dataloader(s) for s in self.cfg.eval_splits]
 
-    @staticmethod
-    def loader(dataset: Any, sampler: Any, collate: Any, num_workers: int) -> DataLoader:
-        """A DataLoader over ``dataset`` with a batch sampler (workers kept between epochs)."""
-        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
+    def loader(self, dataset: Any, sampler: Any, collate: Any, num_workers: int) -> DataLoader:
+        """A DataLoader over ``dataset`` with a batch sampler (workers kept between epochs).
+
+        It draws its workers' seeds from its own generator: by default each new iterator (each
+        epoch, each evaluation) takes a number from the global RNG, which training draws from too
+        (dropout), so where a resumed run creates its iterators would change what training draws.
+        """
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, generator=generator,
                           num_workers=num_workers, persistent_workers=num_workers > 0)  # fmt: skip

@@ -13,10 +13,34 @@ def test_resume_checkpoint_resolution(tmp_path):
     with pytest.raises(FileNotFoundError, match="trainer.ckpt_path 'nope.ckpt' does not exist"):
         resolve_ckpt("nope.ckpt", tmp_path)
     (tmp_path / "checkpoints").mkdir()
-    torch.save({"global_step": 4}, tmp_path / "checkpoints" / "last.ckpt")
-    torch.save({"global_step": 9}, tmp_path / "hpc_ckpt_1.ckpt")
+    _state(tmp_path / "checkpoints" / "last.ckpt", 4)
+    _state(tmp_path / "hpc_ckpt_1.ckpt", 9)
     (tmp_path / "hpc_ckpt_2.ckpt").write_bytes(b"truncated")
     assert resolve_ckpt("last", tmp_path) == str(tmp_path / "hpc_ckpt_1.ckpt")
+
+
+def _state(path, step: int) -> None:
+    """A file with what a resume reads: the step and the loop state."""
+    torch.save({"global_step": step, "loops": {}, "state_dict": {}}, path)
+
+
+def test_a_missing_or_unreadable_last_checkpoint_falls_back_loudly_never_silently(tmp_path, caplog):
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    _state(ckpts / "best.ckpt", 6)
+    _state(
+        ckpts / "nonfinite-step9.ckpt", 9
+    )  # an emergency save of a diverged step: no resume point
+    assert resolve_ckpt("last", tmp_path) == str(ckpts / "best.ckpt")
+    assert "last.ckpt is missing: resuming from" in caplog.text
+    (ckpts / "last.ckpt").write_bytes(b"cut short by a kill")
+    assert resolve_ckpt("last", tmp_path) == str(ckpts / "best.ckpt")
+    assert "last.ckpt is unreadable or older" in caplog.text
+    torch.save({"state_dict": {}}, ckpts / "best.ckpt")  # weights only: no training state
+    with pytest.raises(
+        CheckpointError, match="no checkpoint in .* can be resumed from .*run.overwrite"
+    ):
+        resolve_ckpt("last", tmp_path)
 
 
 class _RunsCodeWhenUnpickled:
@@ -32,9 +56,10 @@ class _RunsCodeWhenUnpickled:
 def test_a_checkpoint_that_would_run_code_is_skipped_and_never_executed(tmp_path):
     marker = tmp_path / "pwned"
     (tmp_path / "checkpoints").mkdir()
-    torch.save({"global_step": 4}, tmp_path / "checkpoints" / "last.ckpt")
+    _state(tmp_path / "checkpoints" / "last.ckpt", 4)
     torch.save(
-        {"global_step": 99, "x": _RunsCodeWhenUnpickled(marker)}, tmp_path / "hpc_ckpt_1.ckpt"
+        {"global_step": 99, "loops": {}, "x": _RunsCodeWhenUnpickled(marker)},
+        tmp_path / "hpc_ckpt_1.ckpt",
     )
     assert resolve_ckpt("last", tmp_path) == str(tmp_path / "checkpoints" / "last.ckpt")
     assert not marker.exists()

@@ -8,10 +8,14 @@ from omegaconf import OmegaConf
 from caslie.config import load_config
 from caslie.errors import ConfigError
 from caslie.run_dir import (
+    RunFinished,
     auto_run_name,
+    is_finished,
     is_rank_zero,
+    mark_finished,
     resolve_run_name,
     save_config,
+    start_plan,
     wandb_run_id,
     write_atomic,
 )
@@ -94,3 +98,49 @@ def test_an_auto_name_survives_a_resume():
     resumed = resolve_run_name(load_config(None, ["run.name=auto", "trainer.ckpt_path=last"]), {})
     other = resolve_run_name(load_config(None, ["run.name=auto", "optim.lr=0.5"]), {})
     assert plain == resumed != other
+
+
+def _started_run(run_dir: Path, *overrides: str):
+    cfg = load_config(None, ["run.name=x", *overrides])
+    save_config(cfg, run_dir)
+    _checkpoint(run_dir)
+    (run_dir / "predictions").mkdir()
+    (run_dir / "metrics.json").write_text("{}")
+    (run_dir / "hpc_ckpt_3.ckpt").write_bytes(b"old")
+    return cfg
+
+
+def test_a_rerun_continues_only_when_asked_and_never_retrains_by_accident(tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = _started_run(run_dir)
+    assert start_plan(load_config(None, ["run.name=x"]), run_dir / "fresh") is None  # a new run
+    with pytest.raises(ConfigError, match="unfinished run: pass --resume .* run.overwrite=true"):
+        start_plan(cfg, run_dir)
+    resume = load_config(None, ["run.name=x", "trainer.ckpt_path=last"])
+    assert start_plan(resume, run_dir) == "last"
+    mark_finished(run_dir)
+    assert is_finished(run_dir)
+    for again in (cfg, resume):
+        with pytest.raises(RunFinished, match="already finished .* run.overwrite=true"):
+            start_plan(again, run_dir)
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()  # untouched
+    changed = load_config(None, ["run.name=x", "optim.lr=0.5"])
+    with pytest.raises(ConfigError, match="different config"):  # a name clash, not a rerun
+        start_plan(changed, run_dir)
+
+
+def test_overwrite_starts_over_except_in_a_requeued_slurm_job(tmp_path):
+    run_dir = tmp_path / "run"
+    _started_run(run_dir)
+    # The requeued job's command line still says run.overwrite=true: it resumes instead.
+    over = load_config(None, ["run.name=x", "run.overwrite=true"])
+    requeued = {"SLURM_JOB_ID": "7", "SLURM_RESTART_COUNT": "1"}
+    assert start_plan(over, run_dir, environ=requeued) == "last"
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()
+    mark_finished(run_dir)
+    with pytest.raises(RunFinished):
+        start_plan(over, run_dir, environ=requeued)
+    changed = load_config(None, ["run.name=x", "run.overwrite=true", "optim.lr=0.5"])
+    assert start_plan(changed, run_dir, environ={"SLURM_RESTART_COUNT": "0"}) is None
+    left = sorted(p.name for p in run_dir.iterdir())
+    assert left == ["config.yaml"]  # checkpoints, predictions, metrics and hpc_ckpt removed

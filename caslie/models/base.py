@@ -12,7 +12,9 @@
 * **Exact resume**: Lightning restores weights, optimiser, scheduler and loop counters. It cannot
   restore the data position (the batch samplers are built before the checkpoint is read), so the
   datamodule is told where the epoch stood (``resume_at``), and the saved RNG state is put back at
-  the first training batch, where the uninterrupted run would be.
+  the first training batch, where the uninterrupted run would be. A checkpoint saved during a
+  validation (``rerun_validation``) holds the RNG state of that validation's start instead, put
+  back when the validation runs again.
 * **Optimisation**: AdamW with warm-up and cosine decay over the parameters that train.
 """
 
@@ -45,6 +47,8 @@ class CaslieModule(L.LightningModule):
         self.wandb_run_id: str | None = None
         self._rows: list[dict[str, Any]] = []
         self._pending_rng: dict[str, Any] | None = None
+        self._pending_val_rng: dict[str, Any] | None = None
+        self._val_start_rng: dict[str, Any] | None = None
         self._bound = False
 
     # ------------------------------------------------------------------------------ data binding
@@ -80,8 +84,11 @@ class CaslieModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["state_dict"] = self.keep_in_checkpoint(checkpoint["state_dict"])
+        rerun = bool(checkpoint.get("caslie", {}).get("rerun_validation"))  # set by ResumePoint
         checkpoint["caslie"] = (
-            self.resume_state() | {"wandb_run_id": self.wandb_run_id} | self.checkpoint_meta()
+            self.resume_state(rerun)
+            | {"rerun_validation": rerun, "wandb_run_id": self.wandb_run_id}
+            | self.checkpoint_meta()
         )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -92,26 +99,36 @@ class CaslieModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------ exact resume
 
-    def resume_state(self) -> dict[str, Any]:
-        """Where training stands: epoch, batches done in it, RNG state."""
+    def resume_state(self, rerun_validation: bool = False) -> dict[str, Any]:
+        """Where training stands: epoch, batches done in it, RNG state (with ``rerun_validation``:
+        the state at the start of the running validation, which the resumed run repeats)."""
         progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
-        return {
-            "epoch": self.trainer.current_epoch,
-            "batches_done": progress.processed,
-            "rng": rng_state(),
-        }
+        rng = self._val_start_rng if rerun_validation and self._val_start_rng else rng_state()
+        return {"epoch": self.trainer.current_epoch, "batches_done": progress.processed, "rng": rng}
 
     def restore_resume_state(self, meta: dict[str, Any]) -> None:
-        """Tell the datamodule where to start; keep the RNG state for the next training batch."""
+        """Tell the datamodule where to start; keep the RNG state for the next training batch (or
+        for the validation that runs again)."""
         datamodule = self.trainer.datamodule if self._trainer is not None else None
         if "batches_done" in meta and datamodule is not None:
             datamodule.resume_at(meta["epoch"], meta["batches_done"])
-        self._pending_rng = meta.get("rng")
+        if meta.get("rerun_validation"):
+            self._pending_val_rng = meta.get("rng")
+        else:
+            self._pending_rng = meta.get("rng")
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         rng, self._pending_rng = self._pending_rng, None
         if rng:
             set_rng_state(rng)
+
+    def on_validation_start(self) -> None:
+        if self.trainer.sanity_checking or self.trainer.state.fn != "fit":
+            return
+        rng, self._pending_val_rng = self._pending_val_rng, None
+        if rng:
+            set_rng_state(rng)
+        self._val_start_rng = rng_state()
 
     # -------------------------------------------------------------------------------- evaluation
 
@@ -149,16 +166,19 @@ class CaslieModule(L.LightningModule):
         rows = gather_rows(self._rows)
         metrics = score_rows(rows, self.cfg.eval.parser)
         self.eval_results = {"metrics": metrics, "rows": rows}
-        # Every rank already holds the same values: no reduction, hence no sync_dist.
+        # Every rank holds the same values, so the mean over ranks (sync_dist) changes nothing; it
+        # tells Lightning that they are reduced, and costs one small collective per value.
         for split, per_task in metrics.items():
             for task, values in per_task.items():
                 if task == PRIMARY_MEAN:
                     if values is not None:
-                        self.log(f"{split}/{PRIMARY_MEAN}", float(values), add_dataloader_idx=False)
+                        self.log(f"{split}/{PRIMARY_MEAN}", float(values), add_dataloader_idx=False,
+                                 sync_dist=True)  # fmt: skip
                     continue
                 for name, value in values.items():
                     if isinstance(value, (int, float)) and name != "primary":
-                        self.log(f"{split}/{task}/{name}", float(value), add_dataloader_idx=False)
+                        self.log(f"{split}/{task}/{name}", float(value), add_dataloader_idx=False,
+                                 sync_dist=True)  # fmt: skip
         return metrics
 
     # ------------------------------------------------------------------------------ optimisation

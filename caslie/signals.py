@@ -1,0 +1,64 @@
+"""Stop requests by signal: SIGUSR1 (SLURM's warning before a time limit or preemption) and SIGTERM.
+
+A signal handler runs between two bytecodes of whatever the main thread is doing, which can be the
+middle of an optimiser step or a collective call. So the handler only records the signal; the
+training loop acts on it at the next point where the state is whole (see
+``callbacks/resume_point.py``): it saves, requeues the job if SLURM asked, and raises
+:class:`StopRequested`.
+"""
+
+from __future__ import annotations
+
+import signal
+from types import FrameType
+from typing import Any
+
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+REQUEUE_SIGNAL = signal.SIGUSR1
+"""The signal ``sbatch --signal=USR1@<seconds>`` sends before the time limit: save, requeue, stop."""
+
+
+class StopRequested(Exception):
+    """The run stopped on a signal after saving what it needs to resume.
+
+    Attributes:
+        signum: The signal received.
+        checkpoint: The checkpoint to resume from (``""`` when nothing new had to be saved).
+        requeued: Whether the SLURM job was put back in the queue.
+        exit_code: ``128 + signum``, as a shell reports a process ended by that signal, so a
+            scheduler never mistakes the stop for success.
+    """
+
+    def __init__(self, signum: int, where: str, checkpoint: str = "", requeued: bool = False):
+        self.signum, self.checkpoint, self.requeued = signum, checkpoint, requeued
+        self.exit_code = 128 + signum
+        name = signal.Signals(signum).name
+        saved = f"resume point {checkpoint}" if checkpoint else "the resume point saved before"
+        then = "the job is requeued and resumes" if requeued else "rerun with --resume to continue"
+        super().__init__(f"stopped by {name} during {where}; {saved} is kept; {then}")
+
+
+class StopSignals:
+    """Records the first stop signal; :meth:`install` and :meth:`restore` swap the handlers."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
+        if self.received is None or signum == signal.SIGTERM:  # a kill notice outranks a warning
+            self.received = signum
+
+    def install(self) -> None:
+        """Take over the stop signals (again, if someone replaced the handlers meanwhile)."""
+        for signum in STOP_SIGNALS:
+            current = signal.getsignal(signum)
+            if current != self._handler:
+                self._previous.setdefault(signum, current)
+                signal.signal(signum, self._handler)
+
+    def restore(self) -> None:
+        """Put the handlers back as they were before :meth:`install`."""
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}

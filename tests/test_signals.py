@@ -1,0 +1,30 @@
+"""Stop signals are only recorded in the handler, and the handlers are given back."""
+
+import os
+import signal
+
+from caslie.signals import StopRequested, StopSignals
+
+
+def test_a_signal_is_recorded_not_acted_on_and_sigterm_outranks_sigusr1():
+    before = {s: signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGTERM)}
+    stops = StopSignals()
+    stops.install()
+    try:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert stops.received == signal.SIGUSR1
+        os.kill(os.getpid(), signal.SIGTERM)  # the process is still alive: only recorded
+        assert stops.received == signal.SIGTERM
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert stops.received == signal.SIGTERM
+    finally:
+        stops.restore()
+    assert {s: signal.getsignal(s) for s in before} == before
+
+
+def test_the_stop_says_what_to_do_and_exits_like_a_signalled_process():
+    stop = StopRequested(signal.SIGTERM, "validation", "runs/x/checkpoints/last.ckpt")
+    assert stop.exit_code == 143
+    assert "SIGTERM during validation" in str(stop) and "rerun with --resume" in str(stop)
+    requeued = StopRequested(signal.SIGUSR1, "training", "last.ckpt", requeued=True)
+    assert requeued.exit_code == 138 and "the job is requeued" in str(requeued)
