@@ -31,7 +31,7 @@ from callbacks.progress_lines import ProgressLines
 from callbacks.resume_point import ResumePoint
 from callbacks.throughput import TokenThroughput
 from caslie.checkpoints import AtomicCheckpointIO, checkpoint_path, resolve_ckpt
-from caslie.cluster import in_slurm_step
+from caslie.cluster import in_slurm_step, requeue
 from caslie.config import Config, DataConfig, load_config, to_dict
 from caslie.csv_log import RunCSVLogger
 from caslie.data.records import default_image_root
@@ -379,8 +379,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"train.py: {done}", file=sys.stderr)
         return 0
     except StopRequested as stop:
-        if is_rank_zero():
-            print(f"train.py: {stop}", file=sys.stderr)
+        if is_rank_zero():  # the loggers are closed: now the job may be requeued (and killed)
+            requeued = stop.requeue and requeue()
+            then = "the SLURM job is requeued" if requeued else "rerun with --resume to continue"
+            print(f"train.py: {stop}; {then}", file=sys.stderr, flush=True)
         return stop.exit_code
     if is_rank_zero():
         print_summary(result)

@@ -7,8 +7,8 @@ It is saved (atomically, through :class:`caslie.checkpoints.AtomicCheckpointIO`)
   every ``trainer.checkpoint_every_n_steps`` optimiser steps;
 * after every validation, at every epoch end, and when training ends;
 * on SIGUSR1 or SIGTERM, at the next whole state (see :mod:`caslie.signals`): after an optimiser
-  step, or between two validation batches. SIGUSR1 under SLURM also requeues the job. The run
-  then stops with :class:`caslie.signals.StopRequested`.
+  step, or between two validation batches. The run then stops with
+  :class:`caslie.signals.StopRequested`, asking for a requeue on SIGUSR1.
 
 Lightning's ``ModelCheckpoint`` can save by time or by steps but saves in the middle of a step where
 validation is due, and a resume from there skips that validation; its SLURM handler saves inside the
@@ -31,7 +31,6 @@ import torch.distributed as dist
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.trainer.states import TrainerFn
 
-from caslie.cluster import requeue
 from caslie.signals import REQUEUE_SIGNAL, StopRequested, StopSignals
 
 log = logging.getLogger(__name__)
@@ -40,14 +39,14 @@ VAL_PROGRESS = "epoch_loop.val_loop.batch_progress"
 
 
 class ResumePoint(Checkpoint):
-    """Saves ``last.ckpt`` by time, steps, validation and epoch, and turns stop signals into a save,
-    a requeue and a stop.
+    """Saves ``last.ckpt`` by time, steps, validation and epoch, and turns stop signals into a save
+    and a stop.
 
     Args:
         path: The resume checkpoint (``<run>/checkpoints/last.ckpt``).
         every_n_steps: Also save every N optimiser steps (``None``: off).
         every_minutes: Also save after this many minutes since the last save (``None``: off).
-        requeue_on_signal: Requeue the SLURM job on SIGUSR1.
+        requeue_on_signal: Ask for a requeue of the SLURM job on SIGUSR1.
     """
 
     def __init__(self, path: Path, every_n_steps: int | None = None,
@@ -155,10 +154,8 @@ class ResumePoint(Checkpoint):
                 self._save(trainer)
             finally:
                 self._rerun_validation = False
-        requeued = False
-        if signum == REQUEUE_SIGNAL and self.requeue_on_signal and trainer.is_global_zero:
-            requeued = requeue()
-        raise StopRequested(signum, where, str(self.path) if save else "", requeued)
+        wants_requeue = signum == REQUEUE_SIGNAL and self.requeue_on_signal
+        raise StopRequested(signum, where, str(self.path) if save else "", wants_requeue)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            checkpoint: dict[str, Any]) -> None:  # fmt: skip

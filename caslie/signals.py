@@ -3,8 +3,8 @@
 A signal handler runs between two bytecodes of whatever the main thread is doing, which can be the
 middle of an optimiser step or a collective call. So the handler only records the signal; the
 training loop acts on it at the next point where the state is whole (see
-``callbacks/resume_point.py``): it saves, requeues the job if SLURM asked, and raises
-:class:`StopRequested`.
+``callbacks/resume_point.py``): it saves and raises :class:`StopRequested`. The run then closes its
+loggers, and only then is a SLURM job requeued (a requeue kills the job's processes at once).
 """
 
 from __future__ import annotations
@@ -23,19 +23,18 @@ class StopRequested(Exception):
 
     Attributes:
         signum: The signal received.
-        checkpoint: The checkpoint to resume from (``""`` when nothing new had to be saved).
-        requeued: Whether the SLURM job was put back in the queue.
+        checkpoint: The checkpoint saved for the resume (``""`` when nothing new had to be saved).
+        requeue: Whether the job should be put back in the queue (SIGUSR1).
         exit_code: ``128 + signum``, as a shell reports a process ended by that signal, so a
             scheduler never mistakes the stop for success.
     """
 
-    def __init__(self, signum: int, where: str, checkpoint: str = "", requeued: bool = False):
-        self.signum, self.checkpoint, self.requeued = signum, checkpoint, requeued
+    def __init__(self, signum: int, where: str, checkpoint: str = "", requeue: bool = False):
+        self.signum, self.checkpoint, self.requeue = signum, checkpoint, requeue
         self.exit_code = 128 + signum
         name = signal.Signals(signum).name
-        saved = f"resume point {checkpoint}" if checkpoint else "the resume point saved before"
-        then = "the job is requeued and resumes" if requeued else "rerun with --resume to continue"
-        super().__init__(f"stopped by {name} during {where}; {saved} is kept; {then}")
+        saved = f"saved {checkpoint}" if checkpoint else "the last resume point is kept"
+        super().__init__(f"stopped by {name} during {where}; {saved}")
 
 
 class StopSignals:

@@ -101,7 +101,7 @@ def _interrupt_and_resume(tmp_path, callback, *extra):
 
 def test_sigusr1_in_training_saves_at_the_step_stops_and_resumes_exactly(tmp_path, straight):
     stop, resumed = _interrupt_and_resume(tmp_path, SignalAt(signal.SIGUSR1, "train", 4))
-    assert stop.exit_code == 128 + signal.SIGUSR1 and not stop.requeued  # no SLURM job here
+    assert stop.exit_code == 128 + signal.SIGUSR1 and stop.requeue
     assert stop.checkpoint.endswith("last.ckpt") and "during training" in str(stop)
     assert_same_run(resumed, straight)
 

@@ -24,7 +24,8 @@ def test_a_signal_is_recorded_not_acted_on_and_sigterm_outranks_sigusr1():
 
 def test_the_stop_says_what_to_do_and_exits_like_a_signalled_process():
     stop = StopRequested(signal.SIGTERM, "validation", "runs/x/checkpoints/last.ckpt")
-    assert stop.exit_code == 143
-    assert "SIGTERM during validation" in str(stop) and "rerun with --resume" in str(stop)
-    requeued = StopRequested(signal.SIGUSR1, "training", "last.ckpt", requeued=True)
-    assert requeued.exit_code == 138 and "the job is requeued" in str(requeued)
+    assert stop.exit_code == 143 and not stop.requeue
+    assert str(stop) == "stopped by SIGTERM during validation; saved runs/x/checkpoints/last.ckpt"
+    warned = StopRequested(signal.SIGUSR1, "test", requeue=True)
+    assert warned.exit_code == 138 and warned.requeue
+    assert str(warned) == "stopped by SIGUSR1 during test; the last resume point is kept"

@@ -210,11 +210,18 @@ def test_ddp_on_two_cpu_processes_scores_every_row_once_and_opens_one_wandb_run(
     out = subprocess.run(
         [sys.executable, "train.py", "--config", "configs/demo.yaml", f"run.output_dir={tmp_path}",
          f"data.cache_dir={tmp_path / 'cache'}", "trainer.devices=2", "trainer.strategy=ddp",
-         "optim.micro_batch_size=4", "trainer.max_epochs=1", "trainer.enable_progress_bar=false"],
+         "optim.micro_batch_size=4", "trainer.max_epochs=1"],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "MEMBER: 2/2" in out.stderr
+    assert "Starting with 2 processes" in out.stderr
+    assert "sync_dist" not in out.stderr  # the scored metrics are already the same on every rank
+    assert out.stdout.count("run folder:") == 1  # rank 1 prints no summary
+    assert out.stderr.count("LoRA: ") == 1 and out.stderr.count("GPU available") == 1  # once each
+    # Not a terminal: progress is plain lines, not a bar.
+    assert (
+        "INFO caslie.progress: train epoch 1/1 step" in out.stderr and "Epoch 0:" not in out.stderr
+    )
     run_dir = tmp_path / "demo"
     manifest = json.loads((run_dir / "data_manifest.json").read_text())
     for split in ("val", "test_ind", "test_ood"):
