@@ -402,6 +402,10 @@ def setup_logging() -> None:
         lib.handlers = []
         lib.propagate = True
         lib.setLevel(logging.NOTSET)
+    # Says at every save of a full training checkpoint that it is one: noise in a job log.
+    logging.getLogger("lightning.pytorch.trainer.connectors.checkpoint_connector").setLevel(
+        logging.WARNING
+    )
 
 
 def print_summary(result: RunResult) -> None:

@@ -142,7 +142,7 @@ class ResumePoint(Checkpoint):
         return bool(flags[0]), bool(flags[1])
 
     def _save(self, trainer: L.Trainer) -> None:
-        trainer.save_checkpoint(self.path, weights_only=False)
+        trainer.save_checkpoint(self.path)
         self._saved_step, self._last_save = trainer.global_step, time.monotonic()
 
     def _stop(self, trainer: L.Trainer, where: str, save: bool,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import signal
 from types import FrameType
-from typing import Any
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 REQUEUE_SIGNAL = signal.SIGUSR1
@@ -38,11 +37,16 @@ class StopRequested(Exception):
 
 
 class StopSignals:
-    """Records the first stop signal; :meth:`install` and :meth:`restore` swap the handlers."""
+    """Records the first stop signal; :meth:`install` and :meth:`restore` swap the handlers.
+
+    The handlers to give back are the ones in place when this object is made, before a Trainer
+    installs its own (Lightning restores its originals when it ends; giving back what was there
+    at :meth:`install` would put a finished Trainer's handlers back).
+    """
 
     def __init__(self) -> None:
         self.received: int | None = None
-        self._previous: dict[int, Any] = {}
+        self._original = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
 
     def _handler(self, signum: int, frame: FrameType | None) -> None:
         if self.received is None or signum == signal.SIGTERM:  # a kill notice outranks a warning
@@ -51,13 +55,10 @@ class StopSignals:
     def install(self) -> None:
         """Take over the stop signals (again, if someone replaced the handlers meanwhile)."""
         for signum in STOP_SIGNALS:
-            current = signal.getsignal(signum)
-            if current != self._handler:
-                self._previous.setdefault(signum, current)
+            if signal.getsignal(signum) != self._handler:
                 signal.signal(signum, self._handler)
 
     def restore(self) -> None:
-        """Put the handlers back as they were before :meth:`install`."""
-        for signum, handler in self._previous.items():
+        """Put back the handlers that were in place when this object was made."""
+        for signum, handler in self._original.items():
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
-        self._previous = {}

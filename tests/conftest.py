@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import lightning as L
 import pytest
 
 from caslie.config import Config, load_config
@@ -63,6 +64,18 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+class CrashAt(L.Callback):
+    """Die before the batch that would make optimiser step ``step + 1`` (a preemption, a node
+    failure), raising ``RuntimeError(message)``."""
+
+    def __init__(self, step: int, message: str = "preempted"):
+        self.step, self.message = step, message
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise RuntimeError(self.message)
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import demo_config
+from conftest import CrashAt, demo_config
 from wandb_log import read_run
 
 from caslie.signals import StopRequested
@@ -49,17 +49,6 @@ class SignalAt(L.Callback):
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         self._maybe("test", batch_idx)
-
-
-class CrashAt(L.Callback):
-    """Die before optimiser step ``step + 1`` (an out-of-memory error, a node failure)."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.step:
-            raise RuntimeError("node failure")
 
 
 def _ckpt(run_dir: Path, name: str = "last") -> dict:
@@ -135,7 +124,7 @@ def test_a_hard_kill_resumes_from_the_periodic_checkpoint(tmp_path, straight):
     # where validation is due; the crash before step 9 leaves the state of step 8.
     cfg = demo_config(tmp_path, "run.name=cut", *COMMON, "trainer.checkpoint_every_minutes=1e-9")
     with pytest.raises(RuntimeError, match="node failure"):
-        run(cfg, callbacks=[CrashAt(8)])
+        run(cfg, callbacks=[CrashAt(8, "node failure")])
     assert _ckpt(tmp_path / "runs" / "cut")["global_step"] == 8
     resumed = run(demo_config(tmp_path, "run.name=cut", "trainer.ckpt_path=last", *COMMON,
                               "trainer.checkpoint_every_minutes=1e-9"))  # fmt: skip
@@ -147,7 +136,7 @@ def test_an_unreadable_last_checkpoint_falls_back_to_the_newest_readable_one(
 ):
     cfg = demo_config(tmp_path, "run.name=cut", *COMMON)
     with pytest.raises(RuntimeError, match="node failure"):
-        run(cfg, callbacks=[CrashAt(8)])
+        run(cfg, callbacks=[CrashAt(8, "node failure")])
     run_dir = tmp_path / "runs" / "cut"
     (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"truncated by a full disk")
     resumed = run(demo_config(tmp_path, "run.name=cut", "trainer.ckpt_path=last", *COMMON))

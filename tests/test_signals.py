@@ -17,6 +17,11 @@ def test_a_signal_is_recorded_not_acted_on_and_sigterm_outranks_sigusr1():
         assert stops.received == signal.SIGTERM
         os.kill(os.getpid(), signal.SIGUSR1)
         assert stops.received == signal.SIGTERM
+        # A Trainer installs its handlers, then this takes over again; the Trainer's handlers
+        # must not outlive it.
+        signal.signal(signal.SIGTERM, lambda *_: None)
+        stops.install()
+        assert stops.received == signal.SIGTERM
     finally:
         stops.restore()
     assert {s: signal.getsignal(s) for s in before} == before

@@ -6,10 +6,9 @@ import sys
 import time
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
-from conftest import clip_config
+from conftest import CrashAt, clip_config
 from conftest import demo_config as _config
 from omegaconf import OmegaConf
 from transformers import AutoProcessor
@@ -145,17 +144,6 @@ def test_wandb_offline_run_holds_config_metrics_and_predictions_table(demo_run):
     )
 
 
-class CrashAt(L.Callback):
-    """Raise before the batch that would make optimiser step ``step + 1`` (a preemption)."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.step:
-            raise RuntimeError("preempted")
-
-
 def _adapter(run_dir: Path) -> dict:
     return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
 
@@ -282,18 +270,11 @@ def test_the_shipped_config_with_tiny_clip_runs_offline_on_the_sample(tmp_path):
 
 
 def test_fashionclip_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path):
-    import lightning as L
-
-    class CrashAt(L.Callback):
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            if trainer.global_step == 5:
-                raise RuntimeError("preempted")
-
     common = ["data.tasks=[sa,cc]", "optim.effective_batch_size=8", "optim.micro_batch_size=8",
               "trainer.max_epochs=2", "trainer.checkpoint_every_n_steps=3", "optim.lr=1e-3"]  # fmt: skip
     straight = run(clip_config(tmp_path, "run.name=straight", *common))
     with pytest.raises(RuntimeError, match="preempted"):
-        run(clip_config(tmp_path, "run.name=crashed", *common), callbacks=[CrashAt()])
+        run(clip_config(tmp_path, "run.name=crashed", *common), callbacks=[CrashAt(5)])
     resumed = run(clip_config(tmp_path, "run.name=crashed", "trainer.ckpt_path=last", *common))
     a, b = (
         torch.load(r.run_dir / "checkpoints" / "last.ckpt", weights_only=True)
