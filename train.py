@@ -288,8 +288,9 @@ def run(cfg: Config, callbacks: list | None = None) -> RunResult:
         loggers,
         [*checkpoints, DataManifest(run_dir), TokenThroughput(), report, *(callbacks or [])],
     )
-    # Everything that can refuse the config has run: only now does the run folder take it.
-    save_config(cfg, run_dir, allow_change=cfg.run.overwrite)
+    # Everything that can refuse the config has run (start_plan compared it with the folder's):
+    # only now does the run folder take it.
+    save_config(cfg, run_dir, allow_change=True)
     wandb_logger = _wandb_logger(cfg, run_dir, resuming=ckpt is not None)
     if wandb_logger is not None:
         trainer.loggers = [*trainer.loggers, wandb_logger]
