@@ -44,6 +44,7 @@ from caslie.pretrained import (
     load_processor,
     model_config,
     precision_for,
+    repeated_layers,
     resolve_dtype,
     tokenizer_for,
 )
@@ -59,6 +60,7 @@ from caslie.run_dir import (
     wandb_run_id,
 )
 from caslie.signals import StopRequested
+from caslie.strategy import build_strategy
 from datamodules.base import CaslieDataModule
 from datamodules.clip import CLIPDataModule
 from datamodules.mmec import MMECDataModule
@@ -176,13 +178,16 @@ def build_trainer(cfg: Config, run_dir: Path, loggers: list, callbacks: list) ->
     if in_slurm_step():
         plugins.append(SLURMEnvironment(auto_requeue=False))
     devices, num_nodes = cfg.allocation
+    clip = None if t.strategy == "fsdp" else t.gradient_clip_val  # the module clips FSDP's
     if not show_bar(cfg) and t.enable_progress_bar:
         callbacks = [*callbacks, ProgressLines(t.log_every_n_steps)]
     try:
         return L.Trainer(
-            accelerator=t.accelerator, devices=devices, num_nodes=num_nodes, strategy=t.strategy,
+            accelerator=t.accelerator, devices=devices, num_nodes=num_nodes,
+            strategy=build_strategy(t, lambda names: repeated_layers(
+                Checkpoint.from_config(cfg.model), cfg.model.kind == "lora", names)),
             precision=precision, max_epochs=t.max_epochs, max_steps=t.max_steps,
-            accumulate_grad_batches=cfg.accumulate_grad_batches, gradient_clip_val=t.gradient_clip_val,
+            accumulate_grad_batches=cfg.accumulate_grad_batches, gradient_clip_val=clip,
             log_every_n_steps=t.log_every_n_steps, num_sanity_val_steps=t.num_sanity_val_steps,
             enable_progress_bar=show_bar(cfg), enable_model_summary=is_rank_zero(),
             use_distributed_sampler=False, default_root_dir=str(run_dir), logger=loggers or False,
@@ -350,8 +355,10 @@ def main(argv: list[str] | None = None) -> int:
     """The command line: ``--config``, ``--resume`` and dotted overrides in any order."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--config", required=True, help="YAML config (its base: files are merged first)"
-    )
+        "--config", required=True, action="append",
+        help="YAML config (its base: files are merged first); repeat it to merge fragments in "
+        "order, e.g. --config configs/mistral_mv.yaml --config configs/strategy/fsdp.yaml",
+    )  # fmt: skip
     parser.add_argument(
         "--resume",
         action="store_true",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -302,6 +303,47 @@ class OptimConfig:
 
 
 @dataclass
+class DDPConfig:
+    """``trainer.strategy: ddp``: one model copy per device, gradients all-reduced (the default for
+    LoRA on 3B-13B models)."""
+
+    find_unused_parameters: bool = False
+    """Search the graph for parameters without a gradient at every step (slow; LoRA needs none)."""
+    static_graph: bool = False
+    """Declare the graph the same at every step (lets DDP overlap more with gradient checkpointing)."""
+    gradient_as_bucket_view: bool = True
+    """Gradients live in DDP's communication buckets (saves one copy of the trainable weights)."""
+
+
+FSDP_SHARDING = ("FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD")
+
+
+@dataclass
+class FSDPConfig:
+    """``trainer.strategy: fsdp``: weights sharded over the devices, one FSDP unit per decoder layer,
+    so the frozen base and the LoRA weights of a layer are gathered together and the adapter is
+    saved alone."""
+
+    sharding_strategy: str = "FULL_SHARD"
+    """``FULL_SHARD``, ``SHARD_GRAD_OP``, ``NO_SHARD`` or ``HYBRID_SHARD`` (FSDP's names)."""
+    layer_classes: list[str] = field(default_factory=list)
+    """Module class names wrapped as FSDP units (``[]``: the model's own decoder layers, from its
+    ``_no_split_modules``)."""
+    activation_checkpointing: bool = False
+    """Recompute each wrapped layer's activations in the backward pass (FSDP's own checkpointing;
+    leave ``model.gradient_checkpointing`` off then)."""
+    cpu_offload: bool = False
+    """Keep the sharded parameters in CPU memory between uses."""
+
+    def __post_init__(self) -> None:
+        if self.sharding_strategy not in FSDP_SHARDING:
+            raise ConfigError(
+                f"trainer.fsdp.sharding_strategy must be one of {', '.join(FSDP_SHARDING)}, "
+                f"not '{self.sharding_strategy}'"
+            )
+
+
+@dataclass
 class TrainerConfig:
     """Arguments handed to the Lightning ``Trainer``."""
 
@@ -313,7 +355,12 @@ class TrainerConfig:
     num_nodes: str = "auto"
     """Nodes, or ``auto``: the SLURM job's nodes inside ``srun``, else 1."""
     strategy: str = "auto"
-    """``auto``, ``ddp``, ``fsdp``, ``deepspeed_stage_2``..."""
+    """``auto``, ``ddp`` (set by ``trainer.ddp``), ``fsdp`` (set by ``trainer.fsdp``), or another
+    Lightning strategy name such as ``deepspeed_stage_2``."""
+    ddp: DDPConfig = field(default_factory=DDPConfig)
+    """Settings of ``trainer.strategy: ddp``."""
+    fsdp: FSDPConfig = field(default_factory=FSDPConfig)
+    """Settings of ``trainer.strategy: fsdp``."""
     precision: str = "auto"
     """``auto`` (follows the weights dtype: bf16-mixed, 16-mixed or 32-true) or a Lightning precision."""
     max_epochs: int = 3
@@ -658,11 +705,14 @@ def _merge(base: DictConfig, other: DictConfig, where: str) -> DictConfig:
         raise ConfigError(f"bad value for config key '{key}' in {where}: {msg}") from None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+def load_config(path: str | Path | Sequence[str | Path] | None = None,
+                overrides: list[str] | None = None) -> Config:  # fmt: skip
     """Build and validate a run config.
 
     Args:
-        path: YAML file (its ``base:`` files are merged first), or ``None`` for the defaults.
+        path: YAML file (its ``base:`` files are merged first), several merged in order (a run
+            config, then fragments such as ``configs/strategy/fsdp.yaml``), or ``None`` for the
+            defaults.
         overrides: ``key=value`` or ``--key=value`` strings applied last.
 
     Returns:
@@ -672,8 +722,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         ConfigError: unknown keys (with the closest valid key), bad types or values.
     """
     cfg = OmegaConf.structured(Config)
-    if path is not None:
-        cfg = _merge(cfg, _read_yaml(Path(path).resolve()), str(path))
+    paths = [] if path is None else [path] if isinstance(path, (str, Path)) else list(path)
+    for one in paths:
+        cfg = _merge(cfg, _read_yaml(Path(one).resolve()), str(one))
     if overrides:
         dotlist = parse_overrides(overrides)
         try:
@@ -716,7 +767,10 @@ RESTART_KEYS = frozenset({"trainer.ckpt_path", "trainer.enable_progress_bar", "d
 
 def changed_keys(old_yaml: str, new_yaml: str) -> list[str]:
     """Keys whose values differ between two saved configs, except :data:`RESTART_KEYS`."""
-    old, new = OmegaConf.create(old_yaml), OmegaConf.create(new_yaml)
+    # A key the saved config predates reads as its default (a newer version added it).
+    defaults = OmegaConf.create(to_yaml(Config()))
+    old = OmegaConf.merge(defaults, OmegaConf.create(old_yaml))
+    new = OmegaConf.merge(defaults, OmegaConf.create(new_yaml))
     return [k for k in _diff_keys(old, new) if k not in RESTART_KEYS]
 
 

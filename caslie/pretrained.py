@@ -164,6 +164,45 @@ def model_config(ckpt: Checkpoint) -> Any:
         raise _unloadable(ckpt, "config", err) from None
 
 
+def repeated_layers(ckpt: Checkpoint, causal_lm: bool = True, names: list[str] | None = None
+                    ) -> set[type]:  # fmt: skip
+    """The module classes a sharding strategy wraps one by one: ``names``, or the model's own
+    ``_no_split_modules`` (its decoder layers), looked up in the model's transformers module.
+
+    Args:
+        ckpt: The checkpoint.
+        causal_lm: The model is loaded as a causal LM (else as its base model, as CLIP is).
+        names: Class names to use instead of the model's own.
+
+    Raises:
+        ConfigError: the model class cannot be found, or names no such layer class.
+    """
+    import sys
+
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_MAPPING
+
+    config = model_config(ckpt)
+    mapping = MODEL_FOR_CAUSAL_LM_MAPPING if causal_lm else MODEL_MAPPING
+    try:
+        model_cls = mapping[type(config)]
+    except KeyError:
+        raise ConfigError(
+            f"no transformers model class for {ckpt.what} '{ckpt.name_or_path}' "
+            f"({type(config).__name__}): set trainer.fsdp.layer_classes"
+        ) from None
+    wanted = list(names or []) or list(getattr(model_cls, "_no_split_modules", None) or [])
+    if not wanted:
+        raise ConfigError(f"{model_cls.__name__} names no decoder layer class: set "
+                          "trainer.fsdp.layer_classes")  # fmt: skip
+    home = sys.modules[model_cls.__module__]
+    found = {n: getattr(home, n, None) for n in wanted}
+    missing = sorted(n for n, cls in found.items() if cls is None)
+    if missing:
+        raise ConfigError(f"trainer.fsdp.layer_classes: {', '.join(missing)} not found in "
+                          f"{model_cls.__module__}")  # fmt: skip
+    return {cls for cls in found.values() if cls is not None}
+
+
 def load_processor(ckpt: Checkpoint) -> Any:
     """The checkpoint's processor (``AutoProcessor``: tokenizer plus image processor)."""
     from transformers import AutoProcessor

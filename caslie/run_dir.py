@@ -132,14 +132,17 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "x"
 
 
-def auto_run_name(config_path: str | Path | None, overrides: Sequence[str]) -> str:
-    """A readable, unique name from the config file's stem and the overrides.
+def auto_run_name(config_path: str | Path | Sequence[str | Path] | None,
+                  overrides: Sequence[str]) -> str:  # fmt: skip
+    """A readable, unique name from the config files' stems and the overrides.
 
     ``configs/mistral_mv.yaml`` with ``optim.lr=2e-4 model.lora_r=8`` gives
-    ``mistral_mv-lr2e-4-lora_r8``: each override as its last key part and value. A name longer than
-    :data:`MAX_NAME` is cut and ends with a hash of all the overrides, so it stays unique.
+    ``mistral_mv-lr2e-4-lora_r8``: each override as its last key part and value; a second config
+    file adds its stem (``mistral_mv+fsdp``). A name longer than :data:`MAX_NAME` is cut and ends
+    with a hash of all the overrides, so it stays unique.
     """
-    stem = Path(config_path).stem if config_path else "caslie"
+    paths = [config_path] if isinstance(config_path, (str, Path)) else list(config_path or [])
+    stem = "+".join(Path(p).stem for p in paths) or "caslie"
     parts = [stem]
     for item in overrides:
         key, _, value = item.removeprefix("--").partition("=")

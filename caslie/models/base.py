@@ -20,16 +20,20 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from torch.distributed.fsdp import FullyShardedDataParallel
 
 from caslie.config import Config
 from caslie.evaluation import PRIMARY_MEAN, gather_rows, score_rows
 from caslie.optim import adamw_with_schedule
-from caslie.resume import rng_state, set_rng_state
+from caslie.resume import rank_rng_state, rng_state, rng_states_of_all_ranks, set_rng_state
+
+log = logging.getLogger(__name__)
 
 
 class CaslieModule(L.LightningModule):
@@ -103,7 +107,8 @@ class CaslieModule(L.LightningModule):
         """Where training stands: epoch, batches done in it, RNG state (with ``rerun_validation``:
         the state at the start of the running validation, which the resumed run repeats)."""
         progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
-        rng = self._val_start_rng if rerun_validation and self._val_start_rng else rng_state()
+        own = self._val_start_rng if rerun_validation and self._val_start_rng else rng_state()
+        rng = rng_states_of_all_ranks(own)  # collective: every rank takes part in a save
         return {"epoch": self.trainer.current_epoch, "batches_done": progress.processed, "rng": rng}
 
     def restore_resume_state(self, meta: dict[str, Any]) -> None:
@@ -112,10 +117,18 @@ class CaslieModule(L.LightningModule):
         datamodule = self.trainer.datamodule if self._trainer is not None else None
         if "batches_done" in meta and datamodule is not None:
             datamodule.resume_at(meta["epoch"], meta["batches_done"])
+        rng = None
+        if meta.get("rng"):
+            rng, own = rank_rng_state(meta["rng"])
+            if not own:
+                log.warning(
+                    "the checkpoint was saved by a job with another number of ranks: "
+                    "this rank resumes with rank zero's random state (not exact)"
+                )
         if meta.get("rerun_validation"):
-            self._pending_val_rng = meta.get("rng")
+            self._pending_val_rng = rng
         else:
-            self._pending_rng = meta.get("rng")
+            self._pending_rng = rng
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         rng, self._pending_rng = self._pending_rng, None
@@ -188,6 +201,16 @@ class CaslieModule(L.LightningModule):
         return adamw_with_schedule(
             params, self.cfg.optim, int(self.trainer.estimated_stepping_batches)
         )
+
+    def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: Any = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:  # fmt: skip
+        # Lightning cannot clip FSDP gradients by norm (the Trainer gets no clip value then); the
+        # FSDP wrapper computes the norm over every shard, as one process would over the whole.
+        clip = self.cfg.trainer.gradient_clip_val
+        if clip and isinstance(self.trainer.model, FullyShardedDataParallel):
+            self.trainer.model.clip_grad_norm_(clip)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:

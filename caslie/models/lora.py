@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from caslie.checkpoints import read_checkpoint
 from caslie.config import Config, ModelConfig
 from caslie.errors import CheckpointError, ConfigError, NonFiniteLossError
 from caslie.generation import LabelTrie, answer_budget, generate_answers, label_ids
@@ -174,7 +175,8 @@ class LoRAInstructModule(CaslieModule):
 
     def trainable_keys(self) -> set[str]:
         """State-dict keys of the adapter weights."""
-        return {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
+        return {f"model.{_plain_name(n)}" for n, p in self.model.named_parameters()
+                if p.requires_grad}  # fmt: skip
 
     def keep_in_checkpoint(self, state_dict: dict[str, Any]) -> dict[str, Any]:
         keep = self.trainable_keys()
@@ -184,7 +186,10 @@ class LoRAInstructModule(CaslieModule):
         return {"base_model": self.cfg.model.name_or_path, "vocab": len(self.tokenizer)}
 
     def check_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        missing = self.trainable_keys() - set(checkpoint["state_dict"])
+        state = checkpoint.get("state_dict")
+        if state is None:  # FSDP has loaded the weights itself and taken them out: read the keys
+            state = read_checkpoint(Path(self.trainer.ckpt_path))["state_dict"]
+        missing = self.trainable_keys() - set(state)
         if missing:
             raise CheckpointError(
                 f"the checkpoint lacks {len(missing)} adapter weights of this model (e.g. "
@@ -268,3 +273,13 @@ class LoRAInstructModule(CaslieModule):
 
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         self._collect(batch)
+
+
+_WRAPPER_PARTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
+"""Name parts FSDP and activation checkpointing insert; state dicts are saved without them."""
+
+
+def _plain_name(name: str) -> str:
+    for part in _WRAPPER_PARTS:
+        name = name.replace(part, "")
+    return name
