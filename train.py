@@ -14,7 +14,6 @@ import contextlib
 import json
 import logging
 import sys
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from callbacks.throughput import TokenThroughput
 from caslie.checkpoints import AtomicCheckpointIO, checkpoint_path, resolve_ckpt
 from caslie.cluster import in_slurm_step, requeue
 from caslie.config import Config, DataConfig, load_config, to_dict
+from caslie.console import quiet_known_warnings, setup_logging
 from caslie.csv_log import RunCSVLogger
 from caslie.data.records import default_image_root
 from caslie.errors import EXIT_USER_ERROR, CaslieError, ConfigError
@@ -201,11 +201,15 @@ def _wandb_logger(cfg: Config, run_dir: Path, resuming: bool) -> WandbLogger | N
     wb = cfg.logger.wandb
     if wb.mode == "disabled":
         return None
-    return WandbLogger(
+    logger = WandbLogger(
         name=cfg.run.name, project=wb.project, entity=wb.entity, group=wb.group, tags=list(wb.tags),
         save_dir=str(run_dir), id=wandb_run_id(run_dir, resuming), resume="allow", mode=wb.mode,
         config=to_dict(cfg),
     )  # fmt: skip
+    # Lightning always passes wandb's deprecated `anonymous` setting, which makes wandb warn at
+    # every start; leaving it out changes nothing else.
+    logger._wandb_init.pop("anonymous", None)
+    return logger
 
 
 def _finish_wandb(logger: WandbLogger | None, trainer: L.Trainer, exit_code: int) -> None:
@@ -278,9 +282,7 @@ def run(cfg: Config, callbacks: list | None = None) -> RunResult:
     dm, module = build_data_and_module(cfg, run_dir)
 
     ckpt = resolve_ckpt(ckpt_request, run_dir)
-    # The module stores the sampler position in its checkpoints and the data module resumes from
-    # it, which Lightning's check for stateful loaders cannot see.
-    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
+    quiet_known_warnings()
     best_cb, checkpoints = _checkpoint_callbacks(cfg, run_dir)
     image_root = (
         Path(cfg.data.image_root) if cfg.data.image_root else default_image_root(cfg.data.source)
@@ -373,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         "--checkpoint", default="best", help="with --adapter-run: best, last or a file"
     )
     args, overrides = parser.parse_known_args(argv)
-    setup_logging()
+    setup_logging(is_rank_zero())
     try:
         cfg = load_config(args.config, overrides + ["trainer.ckpt_path=last"] * args.resume)
         if cfg.run.name == AUTO_NAME:
@@ -395,25 +397,6 @@ def main(argv: list[str] | None = None) -> int:
     if is_rank_zero():
         print_summary(result)
     return 0
-
-
-def setup_logging() -> None:
-    """One handler, on the root logger, for every library: Lightning's own handler is removed (its
-    lines would print twice), and ranks other than zero print warnings and errors only."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers = [handler]
-    root.setLevel(logging.INFO if is_rank_zero() else logging.WARNING)
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        lib = logging.getLogger(name)
-        lib.handlers = []
-        lib.propagate = True
-        lib.setLevel(logging.NOTSET)
-    # Says at every save of a full training checkpoint that it is one: noise in a job log.
-    logging.getLogger("lightning.pytorch.trainer.connectors.checkpoint_connector").setLevel(
-        logging.WARNING
-    )
 
 
 def print_summary(result: RunResult) -> None:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from caslie.config import SPLITS, Config, load_config
+from caslie.console import setup_logging
 from caslie.data.fusion import fuse_records
 from caslie.data.records import load_records
 from caslie.errors import EXIT_USER_ERROR, CaslieError, ConfigError, MissingPathError
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     args, overrides = parser.parse_known_args(argv)
     if overrides and args.command not in ("inspect", "caption", "vote", "predict"):
         parser.error(f"unrecognized arguments: {' '.join(overrides)}")
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     try:
         if args.command == "inspect":
             inspect(load_config(args.config, overrides), args.split, args.n, args.format)

@@ -206,6 +206,9 @@ def test_ddp_on_two_cpu_processes_scores_every_row_once_and_opens_one_wandb_run(
     assert "sync_dist" not in out.stderr  # the scored metrics are already the same on every rank
     assert out.stdout.count("run folder:") == 1  # rank 1 prints no summary
     assert out.stderr.count("LoRA: ") == 1 and out.stderr.count("GPU available") == 1  # once each
+    for noise in ("is_gradient_checkpointing", "LeafSpec", "litlogger", "anonymous setting",
+                  "Loading weights", "Writing model shards"):  # fmt: skip
+        assert noise not in out.stderr, noise
     # Not a terminal: progress is plain lines, not a bar.
     assert (
         "INFO caslie.progress: train epoch 1/1 step" in out.stderr and "Epoch 0:" not in out.stderr

@@ -113,13 +113,14 @@ def test_sigkill_mid_epoch_then_resubmit_resumes_from_the_periodic_checkpoint(
     assert slurm.wait_done(job) in ("FAILED", "CANCELLED")
     saved = torch.load(tmp_path / "kill/checkpoints/last.ckpt", map_location="cpu",
                        weights_only=True)["global_step"]  # fmt: skip
-    assert saved == 3  # trainer.checkpoint_every_n_steps=3: nothing after step 3 was saved
+    # trainer.checkpoint_every_n_steps=3, and the kill came in the first of two 11-step epochs
+    assert saved % 3 == 0 and 3 <= saved < 11
     assert not (tmp_path / "kill/status.json").exists()
 
     again = submit(slurm, tmp_path, "kill")  # the same command: the template resumes
     assert slurm.wait_done(again) == "COMPLETED", again.log()[-3000:]
     log = again.log()
-    assert re.search(r"resuming from \S+kill/checkpoints/last\.ckpt \(step 3\)", log), log[-3000:]
+    assert re.search(rf"resuming from \S+kill/checkpoints/last\.ckpt \(step {saved}\)", log), log
     assert len(wandb_ids(tmp_path / "kill")) == 1
     assert_same_end(tmp_path / "kill", uninterrupted)
 
