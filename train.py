@@ -55,6 +55,7 @@ from caslie.run_dir import (
     is_rank_zero,
     mark_finished,
     resolve_run_name,
+    run_identity,
     save_config,
     start_plan,
     wandb_run_id,
@@ -287,7 +288,7 @@ def run(cfg: Config, callbacks: list | None = None) -> RunResult:
     image_root = (
         Path(cfg.data.image_root) if cfg.data.image_root else default_image_root(cfg.data.source)
     )
-    report = EvalReport(run_dir, image_root, cfg.logger.wandb.log_predictions)
+    report = EvalReport(run_dir, image_root, cfg.logger.wandb.log_predictions, run_identity(cfg))
     loggers: list = [RunCSVLogger(str(run_dir), name="csv", version="")]
     trainer = build_trainer(
         cfg,
@@ -345,7 +346,7 @@ def predict(cfg: Config, adapter_run: Path | None = None, which: str = "best") -
     image_root = (
         Path(cfg.data.image_root) if cfg.data.image_root else default_image_root(cfg.data.source)
     )
-    report = EvalReport(run_dir, image_root, 0)
+    report = EvalReport(run_dir, image_root, 0, run_identity(cfg))
     loggers = [RunCSVLogger(str(run_dir), name="csv", version="")]
     trainer = build_trainer(cfg, run_dir, loggers, [DataManifest(run_dir), report])
     trainer.test(module, datamodule=dm, ckpt_path=ckpt, weights_only=True, verbose=False)

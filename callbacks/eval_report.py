@@ -25,10 +25,13 @@ class EvalReport(L.Callback):
         run_dir: The run folder.
         image_root: Folder relative image paths resolve against (for W&B images).
         n_table_rows: Rows per split in the W&B predictions table (0: no table).
+        identity: What the run is (model, fusion, voters...), written into ``metrics.json``.
     """
 
-    def __init__(self, run_dir: Path, image_root: Path, n_table_rows: int = 64):
+    def __init__(self, run_dir: Path, image_root: Path, n_table_rows: int = 64,
+                 identity: dict[str, Any] | None = None):  # fmt: skip
         self.run_dir, self.image_root, self.n_table_rows = run_dir, image_root, n_table_rows
+        self.identity = identity or {}
         self.data_manifest: dict[str, Any] = {}
         self.table = ""
 
@@ -40,6 +43,7 @@ class EvalReport(L.Callback):
         metrics, rows = results["metrics"], results["rows"]
         write_predictions(rows, self.run_dir / "predictions")
         payload = {
+            "identity": self.identity,
             "metrics": metrics,
             "caption_used_pct": self.data_manifest.get("caption_used_pct", {}),
             "checkpoint": str(trainer.ckpt_path) if trainer.ckpt_path else None,

@@ -34,8 +34,8 @@ class _DropMessages(logging.Filter):
 
 def setup_logging(rank_zero: bool = True) -> None:
     """One handler, on the root logger, for every library: Lightning's own handler is removed (its
-    lines would print twice), ranks other than zero print warnings and errors only, and the known
-    noise is dropped.
+    lines would print twice), ranks other than zero print warnings and errors only (Python
+    warnings on rank zero only), and the known noise is dropped.
 
     Args:
         rank_zero: Whether this process is rank zero of its job.
@@ -57,6 +57,10 @@ def setup_logging(rank_zero: bool = True) -> None:
         logging.WARNING
     )
     quiet_known_warnings()
+    # Python warnings go through the same handler; every rank runs the same code and would print
+    # each one once per rank, so only rank zero shows them (errors still show on every rank).
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").setLevel(logging.WARNING if rank_zero else logging.ERROR)
     if not sys.stderr.isatty():
         quiet_progress_bars()
 

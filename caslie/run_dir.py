@@ -258,3 +258,24 @@ def start_plan(cfg: Config, run_dir: Path, environ: Mapping[str, str] = os.envir
             f"continue it, run.overwrite=true to start it over, or choose another run.name"
         )
     return ckpt_path
+
+
+def run_identity(cfg: Config) -> dict[str, Any]:
+    """What a run is, as the paper's tables tell runs apart: model, fusion, voters, captions,
+    tasks, seed (and the few settings ablations vary). Written into ``metrics.json``."""
+    data = cfg.data
+    return {
+        "run": cfg.run.name,
+        "model_kind": cfg.model.kind,
+        "model": cfg.model.name_or_path,
+        "fusion": data.fusion,
+        "voters": data.fusion_voters,
+        "mv_rule": data.mv_rule if data.fusion == "mv" else None,
+        "captions": data.captions,
+        "caption_model": data.caption_model,
+        "tasks": list(data.tasks),
+        "seed": cfg.run.seed,
+        "lr": cfg.optim.lr,
+        "lora_r": cfg.model.lora_r if cfg.model.kind == "lora" else None,
+        "prompt_template": data.prompt_template,
+    }

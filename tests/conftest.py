@@ -11,6 +11,7 @@ import pytest
 from caslie.config import Config, load_config
 from caslie.pretrained import load_tokenizer
 from caslie.tasks import TASKS
+from tests.slurm.cluster import SlurmCluster, install_reason
 from train import run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -178,3 +179,18 @@ GOLDEN_CASES = {
         '["A: Bits cap 2 \\u00e9", "B: Blade cap 3 \\u00e9"]',
     ),
 }
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory: pytest.TempPathFactory):
+    """A running one-node SLURM cluster (``tests/slurm/cluster.py``) for the tests under
+    ``tests/slurm/``; its daemons are stopped by pid at the end of the session."""
+    reason = install_reason()
+    if reason is not None:
+        pytest.skip(f"no SLURM cluster: {reason}")
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO
 
 from caslie.config import load_config
 from caslie.strategy import build_strategy
-from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
 

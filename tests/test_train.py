@@ -84,6 +84,10 @@ def test_run_writes_config_metrics_predictions_and_adapter_only_checkpoints(demo
     assert (d / "checkpoints" / "last.ckpt").is_file()
     saved = json.loads((d / "metrics.json").read_text())
     assert set(saved["metrics"]) == {"val", "test_ind", "test_ood"}
+    identity = saved["identity"]
+    assert identity["model"] == "tiny:mistral" and identity["fusion"] == "mv"
+    assert identity["voters"] == list(result_cfg_voters(d)) and identity["seed"] == 42
+    assert identity["tasks"] == ["all"] and identity["captions"] == "dataset"
     assert (
         saved["caption_used_pct"]["test_ind"]["sa"]
         == result.data_manifest["caption_used_pct"]["test_ind"]["sa"]
@@ -399,3 +403,8 @@ def test_a_released_checkpoint_that_is_not_a_causal_lm_is_named(tmp_path):
                   "logger.wandb.mode=disabled", "data.tasks=[sa]")  # fmt: skip
     with pytest.raises(ConfigError, match="'tiny:clip' is not a causal language model"):
         predict(cfg)
+
+
+def result_cfg_voters(run_dir: Path) -> list[str]:
+    """The voters the run's saved config names."""
+    return list(load_config(run_dir / "config.yaml").data.voters)

@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from caslie.config import load_config
 from caslie.data.cache import CaptionCache, VoteCache
-from tests.conftest import REPO
 from tests.slurm.cluster import SlurmCluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

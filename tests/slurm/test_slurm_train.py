@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO
 
-from tests.conftest import REPO
 from tests.slurm.cluster import Job, SlurmCluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
