@@ -171,11 +171,41 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--model", help="the checkpoint to evaluate (hub id, folder or tiny:<name>)")
     pr.add_argument("--run", type=Path, help="a training run whose adapter is evaluated")
     pr.add_argument("--checkpoint", default="best", help="with --run: best, last or a file")
+    gr = sub.add_parser("grid", help="run an ablation grid here, or submit it to SLURM")
+    gr.add_argument("grid", type=Path, help="grid file (configs/grids/<name>.yaml)")
+    gr.add_argument("--slurm", action="store_true",
+                    help="submit one job array per stage (caption -> vote -> train) instead")  # fmt: skip
+    gr.add_argument("--dry-run", action="store_true", help="print the steps and what is left")
+    gr.add_argument("--sbatch", action="append", default=[], metavar="OPTION",
+                    help="with --slurm: an extra sbatch option, e.g. --sbatch=--partition=gpu")  # fmt: skip
     ex = sub.add_parser("export", help="merge a run's LoRA adapter into its base model")
     ex.add_argument("--run", required=True, type=Path, help="the run folder (runs/<name>)")
     ex.add_argument("--out", required=True, type=Path, help="folder for the merged model")
     ex.add_argument("--checkpoint", default="best", help="best, last, or a checkpoint file")
     return parser
+
+
+def _grid(path: Path, slurm: bool, dry_run: bool, sbatch: list[str]) -> None:
+    from caslie import grid  # Commands import their module late: caslie starts without torch
+
+    spec = grid.load_grid(path)
+    if dry_run:
+        for step in spec.steps:
+            state = "finished" if step.finished() else "to run"
+            after = f" (after {', '.join(step.after)})" if step.after else ""
+            print(f"{step.stage:7s} {step.name}: {state}{after}\n    {step.shell}")
+        return
+    if slurm:
+        grid.submit_slurm(spec, sbatch)
+        return
+    outcome = grid.run_local(spec)
+    failed = sorted(n for n, o in outcome.items() if o != "ran" and o != "finished before")
+    print(f"grid {spec.name}: {sum(o == 'ran' for o in outcome.values())} ran, "
+          f"{sum(o == 'finished before' for o in outcome.values())} had finished, "
+          f"{len(failed)} failed or skipped; runs in {spec.root}")  # fmt: skip
+    if failed:
+        raise CaslieError(f"grid {spec.name}: not finished: {', '.join(failed)}; rerun the same "
+                          "command to run only those")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -220,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.out.write_text(json.dumps(metrics, indent=2) + "\n")
         elif args.command == "predict":
             return predict(args, overrides)
+        elif args.command == "grid":
+            _grid(args.grid, args.slurm, args.dry_run, args.sbatch)
         elif args.command == "export":
             from caslie.export import export_merged
 
