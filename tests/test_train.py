@@ -23,6 +23,7 @@ from caslie.data.records import load_records
 from caslie.data.sample import write_synthetic
 from caslie.errors import ConfigError, DataError, NonFiniteLossError
 from caslie.evaluation import score_rows
+from caslie.tasks import TASKS
 from caslie.tiny import ensure_tiny
 from train import predict, run, tiny_model_defaults
 
@@ -87,7 +88,7 @@ def test_run_writes_config_metrics_predictions_and_adapter_only_checkpoints(demo
     identity = saved["identity"]
     assert identity["model"] == "tiny:mistral" and identity["fusion"] == "mv"
     assert identity["voters"] == list(result_cfg_voters(d)) and identity["seed"] == 42
-    assert identity["tasks"] == ["all"] and identity["captions"] == "dataset"
+    assert sorted(identity["tasks"]) == sorted(TASKS) and identity["captions"] == "dataset"
     assert (
         saved["caption_used_pct"]["test_ind"]["sa"]
         == result.data_manifest["caption_used_pct"]["test_ind"]["sa"]
