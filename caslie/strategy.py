@@ -2,8 +2,8 @@
 
 ``ddp`` and ``fsdp`` are built here from ``trainer.ddp`` and ``trainer.fsdp``; any other name
 (``auto``, ``deepspeed_stage_2``...) goes to Lightning as it is. FSDP wraps one unit per repeated
-layer (a decoder layer) with ``use_orig_params``, so a unit may hold frozen base weights and
-trainable LoRA weights side by side; checkpoints are gathered in full and keep the adapter only.
+layer (a decoder layer) and, inside it, one per LoRA matrix, with ``use_orig_params``; checkpoints
+are gathered in full and keep the adapter only.
 """
 
 from __future__ import annotations
