@@ -616,7 +616,7 @@ class Config:
 # Loading
 
 
-def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> DictConfig:
+def read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> DictConfig:
     """Read a YAML file and, first, the files its ``base:`` list names (relative to it)."""
     if path in chain:
         raise ConfigError(f"config inheritance loops: {' -> '.join(map(str, chain + (path,)))}")
@@ -634,7 +634,7 @@ def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> DictConfig:
     merged = OmegaConf.create({})
     for base in bases:
         merged = OmegaConf.merge(
-            merged, _read_yaml((path.parent / str(base)).resolve(), chain + (path,))
+            merged, read_yaml((path.parent / str(base)).resolve(), chain + (path,))
         )
     return OmegaConf.merge(merged, node)
 
@@ -724,7 +724,7 @@ def load_config(path: str | Path | Sequence[str | Path] | None = None,
     cfg = OmegaConf.structured(Config)
     paths = [] if path is None else [path] if isinstance(path, (str, Path)) else list(path)
     for one in paths:
-        cfg = _merge(cfg, _read_yaml(Path(one).resolve()), str(one))
+        cfg = _merge(cfg, read_yaml(Path(one).resolve()), str(one))
     if overrides:
         dotlist = parse_overrides(overrides)
         try:

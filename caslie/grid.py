@@ -37,7 +37,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from caslie.config import load_config
+from caslie.config import load_config, read_yaml
 from caslie.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,14 +124,7 @@ def load_grid(path: str | Path, python: str = sys.executable,
         ConfigError: the file is missing, malformed, or names missing config files.
     """
     path = Path(path).resolve()
-    if not path.is_file():
-        raise ConfigError(f"grid file not found: {path}")
-    try:
-        spec = OmegaConf.load(path)
-    except Exception as err:
-        raise ConfigError(f"cannot parse grid file {path}: {err}") from None
-    if not isinstance(spec, DictConfig):
-        raise ConfigError(f"grid file {path} must hold a mapping")
+    spec = read_yaml(path)
     unknown = set(spec.keys()) - {"name", "output_dir", "config", "overrides", "axes", "chains",
                                   "table"}  # fmt: skip
     if unknown:
@@ -184,32 +177,22 @@ def _chain_steps(grid: Grid, path: Path, chain: str, steps: Any,
     folder = grid.root / chain
     train_overrides: list[str] = []
     after: tuple[str, ...] = ()
-    if "caption" in steps:
-        step = steps["caption"]
-        cfg = _file(path.parent, step.get("config"), f"{path}: chains.{chain}.caption.config")
-        extra = _list(step.get("overrides"), f"{path}: chains.{chain}.caption.overrides")
-        captions = f"data.captions={folder / 'captions'}"
-        grid.steps.append(Step(f"{chain}.caption", "caption",
-                               (caslie, "caption", "--config", str(cfg), *extra, captions),
-                               folder / ".caption.done", (), True))  # fmt: skip
-        model = _caption_model(cfg, extra)
-        train_overrides += [captions, f"data.caption_model={model}"]
-        after = (f"{chain}.caption",)
-    if "vote" in steps:
-        step = steps["vote"]
-        cfg = _file(path.parent, step.get("config"), f"{path}: chains.{chain}.vote.config")
-        extra = _list(step.get("overrides"), f"{path}: chains.{chain}.vote.overrides")
-        votes = f"data.votes={folder / 'votes'}"
-        grid.steps.append(Step(f"{chain}.vote", "vote",
-                               (caslie, "vote", "--config", str(cfg), *extra, *train_overrides,
-                                votes), folder / ".vote.done", after, True))  # fmt: skip
-        train_overrides.append(votes)
-        after = (f"{chain}.vote",)
+    for stage, writes in (("caption", "captions"), ("vote", "votes")):
+        if stage not in steps:
+            continue
+        where = f"{path}: chains.{chain}.{stage}"
+        cfg = _file(path.parent, steps[stage].get("config"), f"{where}.config")
+        extra = _list(steps[stage].get("overrides"), f"{where}.overrides")
+        output = f"data.{writes}={folder / writes}"
+        # A vote step reads the chain's captions (train_overrides so far) and writes its votes.
+        argv = (caslie, stage, "--config", str(cfg), *extra, *train_overrides, output)
+        grid.steps.append(Step(f"{chain}.{stage}", stage, argv, folder / f".{stage}.done", after,
+                               marks_done=True))  # fmt: skip
+        train_overrides.append(output)
+        if stage == "caption":
+            train_overrides.append(f"data.caption_model={load_config(cfg, extra).caption.model}")
+        after = (f"{chain}.{stage}",)
     return train_overrides, after
-
-
-def _caption_model(config: Path, overrides: list[str]) -> str:
-    return load_config(config, overrides).caption.model
 
 
 def run_local(grid: Grid, echo: Callable[[str], None] = print) -> dict[str, str]:

@@ -194,3 +194,27 @@ def slurm(tmp_path_factory: pytest.TempPathFactory):
         yield cluster
     finally:
         cluster.stop()
+
+
+def write_grid(tmp_path: Path, body: str) -> Path:
+    """A grid file over ``configs/demo.yaml`` whose runs go under ``tmp_path/runs``."""
+    path = tmp_path / "grid.yaml"
+    path.write_text(
+        f"output_dir: {tmp_path / 'runs'}\nconfig: {REPO / 'configs/demo.yaml'}\n" + body
+    )
+    return path
+
+
+def fusion_grid(tmp_path: Path, name: str) -> Path:
+    """A one-epoch grid of two runs on the sample: text only (``text``) and MV (``mv``)."""
+    return write_grid(
+        tmp_path,
+        f"""name: {name}
+overrides: [trainer.max_epochs=1, logger.wandb.mode=disabled, data.cache_dir={tmp_path / "cache"},
+            eval.max_new_tokens=4]
+axes:
+  fusion:
+    text: [data.fusion=none]
+    mv: [data.fusion=mv]
+""",
+    )

@@ -9,20 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, fusion_grid, write_grid
 
 from caslie.errors import ConfigError
 from caslie.grid import load_grid
 
 CASLIE = str(Path(sys.executable).parent / "caslie")
-
-
-def write_grid(tmp_path: Path, body: str) -> Path:
-    path = tmp_path / "grid.yaml"
-    path.write_text(
-        f"output_dir: {tmp_path / 'runs'}\nconfig: {REPO / 'configs/demo.yaml'}\n" + body
-    )
-    return path
 
 
 def test_the_shipped_grids_expand_to_the_papers_runs():
@@ -75,17 +67,7 @@ def test_a_malformed_grid_is_one_error_naming_the_file(tmp_path, body, message):
 @pytest.mark.slow
 @pytest.mark.integration
 def test_a_grid_runs_here_and_a_rerun_runs_only_what_is_missing(tmp_path):
-    path = write_grid(
-        tmp_path,
-        f"""name: g
-overrides: [trainer.max_epochs=1, logger.wandb.mode=disabled, data.cache_dir={tmp_path / "cache"},
-            eval.max_new_tokens=4]
-axes:
-  fusion:
-    text: [data.fusion=none]
-    mv: [data.fusion=mv]
-""",
-    )
+    path = fusion_grid(tmp_path, "g")
     first = subprocess.run([CASLIE, "grid", str(path)], cwd=tmp_path, capture_output=True,
                            text=True, timeout=900)  # fmt: skip
     assert first.returncode == 0, first.stderr[-3000:]

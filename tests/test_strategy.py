@@ -15,6 +15,8 @@ import torch
 from conftest import REPO
 
 from caslie.config import load_config
+from caslie.errors import ConfigError
+from caslie.pretrained import Checkpoint, repeated_layers
 from caslie.strategy import build_strategy
 
 pytestmark = pytest.mark.slow
@@ -105,13 +107,11 @@ def test_an_fsdp_adapter_reloads_in_one_process(runs: dict[str, Path]):
 
 def test_fsdp_wraps_the_models_own_decoder_layers_and_keeps_frozen_and_trainable_apart():
     cfg = load_config(REPO / "configs/demo.yaml", ["trainer.strategy=fsdp"])
-    from caslie.pretrained import Checkpoint, repeated_layers
-
     layers = repeated_layers(Checkpoint.from_config(cfg.model))
     assert {c.__name__ for c in layers} == {"MistralDecoderLayer"}
     strategy = build_strategy(cfg.trainer, lambda names: layers)
     assert strategy.sharding_strategy.name == "FULL_SHARD"
     assert strategy.kwargs["use_orig_params"] is True
-    with pytest.raises(Exception, match="NoSuchLayer"):
+    with pytest.raises(ConfigError, match="NoSuchLayer"):
         repeated_layers(Checkpoint.from_config(cfg.model), names=["NoSuchLayer"])
     assert build_strategy(load_config(None, ["trainer.strategy=auto"]).trainer, None) == "auto"

@@ -8,7 +8,6 @@ from typing import Any
 
 import torch
 
-from caslie.checkpoints import read_checkpoint
 from caslie.config import Config, ModelConfig
 from caslie.errors import CheckpointError, ConfigError, NonFiniteLossError
 from caslie.generation import LabelTrie, answer_budget, generate_answers, label_ids
@@ -186,10 +185,7 @@ class LoRAInstructModule(CaslieModule):
         return {"base_model": self.cfg.model.name_or_path, "vocab": len(self.tokenizer)}
 
     def check_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("state_dict")
-        if state is None:  # FSDP has loaded the weights itself and taken them out: read the keys
-            state = read_checkpoint(Path(self.trainer.ckpt_path))["state_dict"]
-        missing = self.trainable_keys() - set(state)
+        missing = self.trainable_keys() - set(checkpoint["state_dict"])
         if missing:
             raise CheckpointError(
                 f"the checkpoint lacks {len(missing)} adapter weights of this model (e.g. "

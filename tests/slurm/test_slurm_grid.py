@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import fusion_grid
 
 from tests.slurm.cluster import Job, SlurmCluster
 
@@ -21,17 +21,7 @@ CASLIE = str(Path(sys.executable).parent / "caslie")
 def test_grid_submits_an_array_that_completes_and_a_resubmit_has_nothing_to_do(
     slurm: SlurmCluster, tmp_path: Path
 ):
-    grid = tmp_path / "grid.yaml"
-    grid.write_text(f"""name: sg
-output_dir: {tmp_path / "runs"}
-config: {REPO / "configs/demo.yaml"}
-overrides: [trainer.max_epochs=1, logger.wandb.mode=disabled, data.cache_dir={tmp_path / "cache"},
-            eval.max_new_tokens=4]
-axes:
-  fusion:
-    text: [data.fusion=none]
-    mv: [data.fusion=mv]
-""")
+    grid = fusion_grid(tmp_path, "sg")
     cmd = [CASLIE, "grid", str(grid), "--slurm", "--sbatch=--gpus-per-node=0",
            "--sbatch=--cpus-per-task=1", "--sbatch=--time=20"]  # fmt: skip
     out = subprocess.run(cmd, env=slurm.env, capture_output=True, text=True, timeout=120)
