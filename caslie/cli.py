@@ -178,6 +178,13 @@ def _parser() -> argparse.ArgumentParser:
     gr.add_argument("--dry-run", action="store_true", help="print the steps and what is left")
     gr.add_argument("--sbatch", action="append", default=[], metavar="OPTION",
                     help="with --slurm: an extra sbatch option, e.g. --sbatch=--partition=gpu")  # fmt: skip
+    rep = sub.add_parser("report", help="the paper's tables (md, tex, csv) and charts of a grid")
+    rep.add_argument("folder", type=Path, help="a grid's folder (runs/grids/<name>) or of runs")
+    rep.add_argument("--table", choices=("table2", "table3", "table4", "a9"),
+                     help="the layout (default: the grid's)")  # fmt: skip
+    rep.add_argument("--paper", action="store_true",
+                     help="add the deltas against the paper's published numbers")  # fmt: skip
+    rep.add_argument("--out", type=Path, help="output folder (default: FOLDER/report)")
     ex = sub.add_parser("export", help="merge a run's LoRA adapter into its base model")
     ex.add_argument("--run", required=True, type=Path, help="the run folder (runs/<name>)")
     ex.add_argument("--out", required=True, type=Path, help="folder for the merged model")
@@ -252,6 +259,12 @@ def main(argv: list[str] | None = None) -> int:
             return predict(args, overrides)
         elif args.command == "grid":
             _grid(args.grid, args.slurm, args.dry_run, args.sbatch)
+        elif args.command == "report":
+            from caslie.render import write_report
+
+            written = write_report(args.folder, args.table, args.paper, args.out)
+            print(written[0].read_text(encoding="utf-8"))
+            print("wrote " + ", ".join(str(p) for p in written))
         elif args.command == "export":
             from caslie.export import export_merged
 

@@ -255,6 +255,10 @@ class ModelConfig:
         ]
     )
     """Linear modules that get adapters (paper: all projections and the LM head)."""
+    modules_to_save: list[str] = field(default_factory=list)
+    """Modules trained in full beside the adapters and saved with them (PEFT's
+    ``modules_to_save``; paper: none). The offline demo trains ``[embed_tokens, lm_head]`` of its
+    randomly initialised tiny model, whose frozen random features an adapter alone barely moves."""
 
     def __post_init__(self) -> None:
         if self.kind not in ("lora", "fashionclip"):

@@ -26,6 +26,7 @@ is missing, and a training run cut short resumes (every run is started with ``--
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import shlex
 import subprocess
@@ -42,6 +43,9 @@ from caslie.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("caption", "vote", "train")
+GRID_MANIFEST = "grid.json"
+TABLES = ("table2", "table3", "table4", "a9")
+"""Report layouts a grid can name (``table:``): the paper's Tables 2, 3, 4 and A9."""
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 
 
@@ -82,9 +86,20 @@ class Grid:
     root: Path
     steps: list[Step] = field(default_factory=list)
     table: str = "table2"
+    labels: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Each training run's place in the grid: ``{run: {axis or "chain": value}}``."""
 
     def stage(self, stage: str) -> list[Step]:
         return [s for s in self.steps if s.stage == stage]
+
+    def write_manifest(self) -> Path:
+        """Write ``<root>/grid.json`` (its name, report layout and runs), what ``caslie report``
+        reads to lay the runs out; returns its path."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / GRID_MANIFEST
+        body = {"name": self.name, "table": self.table, "runs": self.labels}
+        path.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+        return path
 
 
 def _list(node: Any, where: str) -> list[str]:
@@ -145,7 +160,10 @@ def load_grid(path: str | Path, python: str = sys.executable,
         choices.append([(_name(v, f"{path}: axes.{axis} value"),
                          _list(o, f"{path}: axes.{axis}.{v}")) for v, o in values.items()])  # fmt: skip
 
-    grid = Grid(name, root, table=str(spec.get("table", "table2")))
+    table = str(spec.get("table", "table2"))
+    if table not in TABLES:
+        raise ConfigError(f"{path}: table '{table}' is not one of {', '.join(TABLES)}")
+    grid = Grid(name, root, table=table)
     chains = spec.get("chains") or {None: None}
     for chain, steps in chains.items():
         chain_overrides, after = [], ()
@@ -163,6 +181,9 @@ def load_grid(path: str | Path, python: str = sys.executable,
             argv = (python, str(REPO / "train.py"), "--config", str(config), "--resume", *common,
                     *chain_overrides, *overrides, f"run.output_dir={root}", f"run.name={run}")  # fmt: skip
             grid.steps.append(Step(run, "train", argv, root / run / "status.json", after))
+            grid.labels[run] = ({"chain": chain} if chain else {}) | dict(
+                zip(map(str, axes.keys()), parts, strict=True)
+            )
     names = [s.name for s in grid.steps]
     if len(names) != len(set(names)):
         raise ConfigError(f"{path}: two steps share a name; give axis values distinct names")
@@ -201,6 +222,7 @@ def run_local(grid: Grid, echo: Callable[[str], None] = print) -> dict[str, str]
     A failed step is reported and the steps that depend on it are skipped; the others go on.
     """
     outcome: dict[str, str] = {}
+    grid.write_manifest()
     for step in grid.steps:
         if step.finished():
             outcome[step.name] = "finished before"
@@ -228,6 +250,7 @@ def submit_slurm(grid: Grid, sbatch_options: Iterable[str] = (),
     """Submit each stage's unfinished steps as one SLURM job array (``slurm/grid.sbatch``), each
     stage after the one it depends on (``afterok``); returns ``{stage: job id}``."""
     jobs: dict[str, str] = {}
+    grid.write_manifest()
     lists = grid.root / "slurm"
     lists.mkdir(parents=True, exist_ok=True)
     (grid.root / "logs").mkdir(parents=True, exist_ok=True)

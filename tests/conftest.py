@@ -218,3 +218,20 @@ axes:
     mv: [data.fusion=mv]
 """,
     )
+
+
+def write_finished_run(root: Path, name: str, identity: dict, scores: dict[str, dict[str, float]],
+                       caption_used: dict | None = None) -> Path:  # fmt: skip
+    """A run folder as ``train.py`` leaves it for ``caslie report``: ``metrics.json`` with the
+    identity and, per split (``test_ind``...), each task's primary metric in its own field."""
+    metrics = {
+        split: {t: {"n": 8, "failed": 0, "primary": TASKS[t].primary, TASKS[t].primary: v}
+                for t, v in per_task.items()}
+        for split, per_task in scores.items()
+    }  # fmt: skip
+    folder = root / name
+    folder.mkdir(parents=True)
+    body = {"identity": {"model_kind": "lora", "tasks": list(TASKS), **identity},
+            "metrics": metrics, "caption_used_pct": caption_used or {}}  # fmt: skip
+    (folder / "metrics.json").write_text(json.dumps(body))
+    return folder

@@ -237,6 +237,8 @@ class GoldRow:
     output: str
     options: tuple[str, ...] | None
     location: str
+    extras: dict[str, Any] = field(default_factory=dict, compare=False)
+    """Columns outside the schema (the synthetic rows' ``caption_dependent`` flag, for one)."""
 
 
 def parse_gold_row(raw: Any, location: str, split_map: dict[str, str]) -> GoldRow:
@@ -252,8 +254,9 @@ def parse_gold_row(raw: Any, location: str, split_map: dict[str, str]) -> GoldRo
         raise RowError(location, rid, "output", f"expected a non-empty string, got {output!r}")
     options, _ = _options_field(raw, location, rid)
     split = _canonical_split(raw, location, rid, split_map)
+    extras = {k: v for k, v in raw.items() if k not in SCHEMA_FIELDS}
     return GoldRow(rid, task.code, split, output, tuple(options) if options is not None else None,
-                   location)  # fmt: skip
+                   location, extras)  # fmt: skip
 
 
 def load_gold_rows(

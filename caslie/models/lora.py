@@ -31,6 +31,11 @@ def linear_names(model: torch.nn.Module) -> list[str]:
     )
 
 
+def module_names(model: torch.nn.Module) -> set[str]:
+    """Short names of all the model's modules (what ``modules_to_save`` refers to)."""
+    return {name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name}
+
+
 def _fit_vocab(model: Any, tokenizer: Any) -> None:
     """Grow the embeddings for tokens the tokenizer added (the pad token), deterministically.
 
@@ -91,6 +96,17 @@ def build_lora_model(
             f"model.lora_target_modules {missing} are not linear layers of {model_cfg.name_or_path}; "
             f"available: {', '.join(available)}"
         )
+    unknown = [m for m in model_cfg.modules_to_save if m not in module_names(model)]
+    if unknown:
+        raise ConfigError(
+            f"model.modules_to_save {unknown} name no module of {model_cfg.name_or_path}"
+        )
+    clash = set(model_cfg.modules_to_save) & set(model_cfg.lora_target_modules)
+    if clash:
+        raise ConfigError(
+            f"{sorted(clash)} are in both model.lora_target_modules and model.modules_to_save: "
+            "a module gets an adapter or is trained in full, not both"
+        )
     if model_cfg.gradient_checkpointing:
         model.activation_checkpointing_enable(
             activation_checkpointing_kwargs={"use_reentrant": False}
@@ -106,6 +122,7 @@ def build_lora_model(
         target_modules=list(model_cfg.lora_target_modules),
         bias="none",
         task_type="CAUSAL_LM",
+        modules_to_save=list(model_cfg.modules_to_save) or None,
     )
     return get_peft_model(model, lora)
 
