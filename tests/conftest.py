@@ -7,8 +7,10 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+import yaml
 
 from caslie.config import Config, load_config
+from caslie.data.sample import write_synthetic
 from caslie.pretrained import load_tokenizer
 from caslie.tasks import TASKS
 from tests.slurm.cluster import SlurmCluster, install_reason
@@ -235,3 +237,22 @@ def write_finished_run(root: Path, name: str, identity: dict, scores: dict[str, 
             "metrics": metrics, "caption_used_pct": caption_used or {}}  # fmt: skip
     (folder / "metrics.json").write_text(json.dumps(body))
     return folder
+
+
+def demo_grid(tmp_path: Path) -> Path:
+    """The shipped ``configs/grids/demo.yaml`` on synthetic rows of the size ``make demo`` writes,
+    everything under ``tmp_path``."""
+    line = next(x for x in (REPO / "Makefile").read_text().splitlines()
+                if "caslie.data.sample synthetic" in x).split()  # fmt: skip
+    sizes = {"train_per_task": int(line[line.index("--train-per-task") + 1]),
+             "eval_per_task": int(line[line.index("--eval-per-task") + 1])}  # fmt: skip
+    write_synthetic(tmp_path / "synthetic", **sizes)
+    spec = yaml.safe_load((REPO / "configs/grids/demo.yaml").read_text())
+    spec["config"] = str((REPO / "configs/grids" / spec["config"]).resolve())
+    spec["output_dir"] = str(tmp_path / "runs")
+    spec["overrides"] += [f"data.source={tmp_path / 'synthetic/rows.jsonl'}",
+                          f"data.votes={tmp_path / 'synthetic/votes'}",
+                          f"data.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
+    path = tmp_path / "demo.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
