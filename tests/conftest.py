@@ -254,5 +254,5 @@ def demo_grid(tmp_path: Path) -> Path:
                           f"data.votes={tmp_path / 'synthetic/votes'}",
                           f"data.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
     path = tmp_path / "demo.yaml"
-    path.write_text(yaml.safe_dump(spec))
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
