@@ -26,8 +26,8 @@ LOCAL_IMPORTS_ALLOWED = {"caslie.cli"}
 """Modules that import project modules inside functions, each saying why in a comment: the ``caslie``
 commands load torch and transformers only when a command needs them."""
 
-MIRROR_EXCEPTIONS = {"test_structure", "test_sweeps"}
-"""Test files about the whole project or its sweep files rather than one module."""
+MIRROR_EXCEPTIONS = {"test_structure", "test_sweeps", "test_demo"}
+"""Test files about the whole project, its sweep files or its demo rather than one module."""
 
 
 def _module_name(path: Path) -> str:
