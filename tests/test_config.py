@@ -62,7 +62,7 @@ def test_sweep_style_arguments():
         (["optim.lrr=1"], "did you mean 'optim.lr'"),
         (["optm.lr=1"], "did you mean 'optim'"),
         (["data.fusin=mv"], "did you mean 'data.fusion'"),
-        (["optim.lr=-1"], "optim.lr must be positive"),
+        (["optim.lr=-1"], "optim.lr must be a positive finite number"),
         (["data.fusion=majority"], "unknown data.fusion 'majority'"),
         (["data.tasks=[sa,sentimnt_analysis]"], "did you mean 'sentiment_analysis'"),
         (["optim.micro_batch_size=5"], "not divisible"),
@@ -112,3 +112,14 @@ def test_every_shipped_config_loads(path: Path):
         assert cfg.data.captions != "dataset"
     if path.parent.name == "cqe":
         assert cfg.data.votes and set(cfg.data.voters) <= set(cfg.cqe.models)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [("optim.lr=inf", "optim.lr must be a positive finite"),
+     ("optim.lr=nan", "optim.lr must be a positive finite"),
+     ("optim.weight_decay=inf", "optim.weight_decay must be finite")],
+)  # fmt: skip
+def test_infinite_or_nan_optimiser_numbers_are_refused(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(REPO / "configs/demo.yaml", [override])
