@@ -9,6 +9,7 @@ comparison machinery can be tried offline; its numbers are not expected to come 
 from __future__ import annotations
 
 import csv
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +63,10 @@ def column(task: str) -> str:
     return f"{task}_{_METRIC_SUFFIX[TASKS[task].primary]}"
 
 
-def published(table: str) -> list[dict[str, Any]]:
-    """The paper's rows for a report layout, metric cells as floats (``None`` where empty).
+@functools.cache
+def published(table: str) -> tuple[dict[str, Any], ...]:
+    """The paper's rows for a report layout, metric cells as floats (``None`` where empty); read
+    once per process (treat the rows as read-only).
 
     Raises:
         KeyError: an unknown layout.
@@ -74,7 +77,7 @@ def published(table: str) -> list[dict[str, Any]]:
     for row in rows:
         for key in metric_columns & set(row):
             row[key] = float(row[key]) if row[key] else None
-    return rows
+    return tuple(rows)
 
 
 def size_of(model: str) -> str | None:

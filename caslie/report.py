@@ -321,26 +321,6 @@ def build_table(table: str, runs: list[Run], pick: str = "all") -> Table:
     return Table(name, title, columns, rows)
 
 
-def paper_deltas(table: Table) -> Table:
-    """Each row that reproduces a paper row: ours minus the paper's number, per cell."""
-    rows = []
-    for row in table.body():
-        if row.paper is None:
-            continue
-        published = {s: paper_values(table.name.split("_")[0], row.paper, s) for s in SPLITS}
-        if not any(published.values()):
-            continue
-        cells = {}
-        for s, t in table.columns:
-            theirs = published[s].get(t)
-            ours = row.cells.get((s, t))
-            cells[(s, t)] = None if theirs is None or ours is None else ours - theirs
-        paper_name = " ".join(v for v in row.paper.values() if v)
-        rows.append(Row(f"{row.label} - {paper_name}", cells, row.paper))
-    return Table(f"{table.name}_vs_paper", f"{table.title}: ours minus the paper's", table.columns,
-                 rows)  # fmt: skip
-
-
 def paper_table(table: Table) -> Table:
     """The paper's own numbers for the rows of ``table`` that reproduce one (for charts)."""
     rows = []
@@ -351,3 +331,19 @@ def paper_table(table: Table) -> Table:
         cells = {(s, t): published[s].get(t) for s, t in table.columns}
         rows.append(Row(row.label, cells, row.paper))
     return Table(f"{table.name}_paper", f"{table.title} (paper)", table.columns, rows)
+
+
+def paper_deltas(table: Table) -> Table:
+    """Each row that reproduces a paper row: ours minus the paper's number, per cell."""
+    ours = {r.label: r for r in table.body()}
+    rows = []
+    for theirs in paper_table(table).rows:
+        if all(v is None for v in theirs.cells.values()):
+            continue  # the paper has no such row (or split)
+        mine = ours[theirs.label]
+        cells = {c: None if t is None or (m := mine.cells.get(c)) is None else m - t
+                 for c, t in theirs.cells.items()}  # fmt: skip
+        paper_name = " ".join(v for v in theirs.paper.values() if v)
+        rows.append(Row(f"{theirs.label} - {paper_name}", cells, theirs.paper))
+    return Table(f"{table.name}_vs_paper", f"{table.title}: ours minus the paper's", table.columns,
+                 rows)  # fmt: skip
