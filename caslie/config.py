@@ -134,6 +134,15 @@ class DataConfig:
     """DataLoader worker processes."""
     cache_dir: str = ".cache/caslie"
     """Where tokenised datasets are cached (keyed by every input that changes them)."""
+    allow_private_urls: bool = False
+    """Fetch image URLs that resolve to loopback, private, link-local or multicast addresses (an
+    intranet image host); off, such URLs are refused after DNS resolution and after every redirect."""
+    min_caption_coverage: float = 0.95
+    """Under ``uia``/``mv``/``single:``, refuse to train when fewer than this share of a split's
+    images have a caption (the error prints the ``caslie caption`` command that fills the gap)."""
+    allow_changed: bool = False
+    """Resume a checkpoint whose data fingerprint differs from the data now built (off: stop and
+    say what changed)."""
 
     def __post_init__(self) -> None:
         if self.on_error not in ("raise", "skip"):
@@ -171,6 +180,10 @@ class DataConfig:
             raise ConfigError("data.pad_to_multiple_of must be at least 1")
         if self.max_rows_per_task is not None and self.max_rows_per_task < 1:
             raise ConfigError("data.max_rows_per_task must be positive or null")
+        if not 0.0 <= self.min_caption_coverage <= 1.0:
+            raise ConfigError(
+                f"data.min_caption_coverage must be between 0 and 1, got {self.min_caption_coverage}"
+            )
         self.tasks = normalise_tasks(self.tasks)
         for name in [self.train_split, *self.eval_splits, *self.split_map.values()]:
             if name not in SPLITS:
@@ -350,6 +363,14 @@ class FSDPConfig:
             )
 
 
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+"""``trainer.accelerator`` names Lightning accepts (checked here so a typo fails before any data
+is built; the config module does not import Lightning, and a test keeps the lists in step)."""
+PRECISIONS = ("auto", "transformer-engine", "transformer-engine-float16", "16-true", "16-mixed",
+              "bf16-true", "bf16-mixed", "32-true", "64-true", "64", "32", "16", "bf16")  # fmt: skip
+"""``trainer.precision`` values: ``auto`` and Lightning's precision names with their aliases."""
+
+
 @dataclass
 class TrainerConfig:
     """Arguments handed to the Lightning ``Trainer``."""
@@ -398,6 +419,14 @@ class TrainerConfig:
     file (a SLURM ``.out``)."""
 
     def __post_init__(self) -> None:
+        if self.accelerator not in ACCELERATORS:
+            raise ConfigError(
+                f"unknown trainer.accelerator '{self.accelerator}': use one of {', '.join(ACCELERATORS)}"
+            )
+        if str(self.precision) not in PRECISIONS:
+            raise ConfigError(
+                f"unknown trainer.precision '{self.precision}': use one of {', '.join(PRECISIONS)}"
+            )
         for key in ("devices", "num_nodes"):
             value = str(getattr(self, key))
             if value != AUTO and not (value.isdigit() and int(value) > 0):
@@ -469,7 +498,7 @@ class CaptionConfig:
     trust_remote_code: bool = False
     """Allow model code from the hub."""
     fetch_timeout_s: float = 10.0
-    """Per-request timeout for image URLs."""
+    """Total deadline per image URL attempt: connection, redirects and the whole body."""
     fetch_retries: int = 2
     """Retries after a failed URL fetch."""
     max_image_bytes: int = 20_000_000

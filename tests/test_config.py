@@ -75,6 +75,9 @@ def test_sweep_style_arguments():
         (["eval.generate_on_val=false"], "set eval.select=loss"),
         (["data.image_size=8"], "data.image_size must be at least 32"),
         (["data.captions=''"], "data.captions is empty"),
+        (["trainer.precision=bf16-mix"], "unknown trainer.precision 'bf16-mix'"),
+        (["trainer.accelerator=gpus"], "unknown trainer.accelerator 'gpus'"),
+        (["data.min_caption_coverage=1.5"], "data.min_caption_coverage must be between 0 and 1"),
     ],
 )
 def test_bad_config_fails_clearly(override, message):
@@ -123,3 +126,19 @@ def test_every_shipped_config_loads(path: Path):
 def test_infinite_or_nan_optimiser_numbers_are_refused(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(REPO / "configs/demo.yaml", [override])
+
+
+def test_precision_and_accelerator_names_are_lightnings():
+    """The config checks these names without importing Lightning; this keeps the lists in step."""
+    import typing
+
+    from lightning.fabric import connector
+    from lightning.fabric.accelerators import ACCELERATOR_REGISTRY
+
+    from caslie.config import ACCELERATORS, PRECISIONS
+
+    lightning_precisions = typing.get_args(connector._PRECISION_INPUT_STR) + typing.get_args(
+        connector._PRECISION_INPUT_STR_ALIAS
+    )
+    assert set(PRECISIONS) == {"auto", *lightning_precisions}
+    assert set(ACCELERATOR_REGISTRY.available_accelerators()) | {"auto", "gpu"} == set(ACCELERATORS)
