@@ -21,6 +21,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from caslie.cluster import AUTO, resolve_devices
 from caslie.errors import ConfigError, UnknownTaskError
+from caslie.redact import env_interpolations, keep_secrets_out
 from caslie.tasks import TASK_CODES, get_task
 
 PAPER_VOTERS = [
@@ -768,7 +769,9 @@ def load_config(path: str | Path | Sequence[str | Path] | None = None,
         except OmegaConfBaseException as err:
             raise ConfigError(f"cannot parse overrides {dotlist}: {err}") from None
         cfg = _merge(cfg, other, "command-line overrides")
-    return to_object(cfg)
+    obj = to_object(cfg)
+    obj._env_interpolations = env_interpolations(cfg)  # what to_yaml and to_dict write back
+    return obj
 
 
 def to_object(cfg: DictConfig) -> Config:
@@ -785,15 +788,16 @@ def to_object(cfg: DictConfig) -> Config:
 
 
 def to_yaml(cfg: Config) -> str:
-    """The resolved config as YAML."""
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    """The config as YAML to save: resolved, except that environment reads stay unresolved and
+    secret-looking environment values never appear (see :mod:`caslie.redact`)."""
+    return OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg)))
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
-    """The resolved config as plain containers (for loggers)."""
+    """The config as plain containers for loggers, with secrets kept out as in :func:`to_yaml`."""
     container = OmegaConf.to_container(OmegaConf.structured(cfg))
     assert isinstance(container, dict)
-    return container  # type: ignore[return-value]
+    return keep_secrets_out(container, getattr(cfg, "_env_interpolations", {}))  # type: ignore[arg-type]
 
 
 RESTART_KEYS = frozenset({"trainer.ckpt_path", "trainer.enable_progress_bar", "data.num_workers",
@@ -804,22 +808,21 @@ RESTART_KEYS = frozenset({"trainer.ckpt_path", "trainer.enable_progress_bar", "d
 def changed_keys(old_yaml: str, new_yaml: str) -> list[str]:
     """Keys whose values differ between two saved configs, except :data:`RESTART_KEYS`."""
     # A key the saved config predates reads as its default (a newer version added it).
+    # Saved configs keep ${oc.env:...} unresolved: they are compared as written.
     defaults = OmegaConf.create(to_yaml(Config()))
-    old = OmegaConf.merge(defaults, OmegaConf.create(old_yaml))
-    new = OmegaConf.merge(defaults, OmegaConf.create(new_yaml))
+    old, new = (OmegaConf.to_container(OmegaConf.merge(defaults, OmegaConf.create(text)))
+                for text in (old_yaml, new_yaml))  # fmt: skip
     return [k for k in _diff_keys(old, new) if k not in RESTART_KEYS]
 
 
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, DictConfig) and isinstance(b, DictConfig):
+    if isinstance(a, dict) and isinstance(b, dict):
         out = []
-        for key in sorted(set(a.keys()) | set(b.keys())):
+        for key in sorted(set(a) | set(b)):
             sub = f"{prefix}{key}"
             if key not in a or key not in b:
                 out.append(sub)
             else:
                 out.extend(_diff_keys(a[key], b[key], sub + "."))
         return out
-    if isinstance(a, ListConfig) and isinstance(b, ListConfig):
-        return [] if list(a) == list(b) else [prefix.rstrip(".")]
     return [] if a == b else [prefix.rstrip(".")]
