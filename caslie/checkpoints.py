@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,11 @@ log = logging.getLogger(__name__)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Saves to ``<name>.tmp`` and renames, so a kill never leaves a truncated checkpoint."""
+    """Saves to ``<name>.tmp`` and renames, so a kill never leaves a truncated checkpoint; loads
+    with ``weights_only=True`` whatever the caller asks, so no checkpoint runs code."""
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: Any = None) -> Any:
+        return _load(Path(path))
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None
@@ -47,9 +52,17 @@ def _load(path: Path) -> Any:
     """
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # torch raises many types for a file that is not a checkpoint
+    except pickle.UnpicklingError:
+        # torch's message is a page of advice to pass weights_only=False, which is the one thing
+        # never to do with a file of unknown origin.
         raise CheckpointError(
-            f"{path} is not a readable checkpoint ({type(err).__name__}: {err})"
+            f"{path} is not a readable checkpoint (it holds objects that would run code when "
+            f"loaded; only tensors and plain values are read)"
+        ) from None
+    except Exception as err:  # torch raises many types for a file that is not a checkpoint
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint ({type(err).__name__}: {first})"
         ) from None
 
 

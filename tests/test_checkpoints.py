@@ -66,3 +66,33 @@ def test_a_checkpoint_that_would_run_code_is_skipped_and_never_executed(tmp_path
     with pytest.raises(CheckpointError, match="not a readable checkpoint"):
         read_checkpoint(tmp_path / "hpc_ckpt_1.ckpt")
     assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_resume_refuses_planted_checkpoints_in_one_line_and_runs_nothing(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    marker, run_dir = tmp_path / "pwned", tmp_path / "runs" / "demo"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    for planted in (run_dir / "checkpoints" / "last.ckpt", run_dir / "hpc_ckpt_3.ckpt"):
+        torch.save({"global_step": 9, "loops": {}, "x": _RunsCodeWhenUnpickled(marker)}, planted)
+    out = subprocess.run(
+        [sys.executable, "train.py", "--config", "configs/demo.yaml", "--resume",
+         f"run.output_dir={tmp_path / 'runs'}", f"data.cache_dir={tmp_path / 'cache'}",
+         "logger.wandb.mode=disabled"],
+        cwd=repo, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("train.py: error: no checkpoint in")
+    assert "would run code" in lines[0] and "hpc_ckpt_3.ckpt" in lines[0]
+    assert "weights_only=False" not in out.stderr
+    assert not marker.exists() and not (tmp_path / "cache").exists()  # nothing ran, nothing built
+    assert sorted(p.name for p in run_dir.rglob("*")) == [
+        "checkpoints",
+        "hpc_ckpt_3.ckpt",
+        "last.ckpt",
+    ]
