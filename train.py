@@ -60,6 +60,7 @@ from caslie.run_dir import (
     start_plan,
     wandb_run_id,
 )
+from caslie.run_lock import RunLock
 from caslie.signals import StopRequested
 from caslie.strategy import build_strategy
 from datamodules.base import CaslieDataModule
@@ -278,6 +279,12 @@ def run(cfg: Config, callbacks: list | None = None) -> RunResult:
     for note in tiny_model_defaults(cfg):
         log.warning(note)
     run_dir = Path(cfg.run.output_dir) / resolve_run_name(cfg)
+    with RunLock(run_dir):  # one training process per run folder, until this run returns
+        return _run_locked(cfg, run_dir, callbacks)
+
+
+def _run_locked(cfg: Config, run_dir: Path, callbacks: list | None) -> RunResult:
+    """:func:`run`, once this process holds the run folder's lock."""
     ckpt_request = start_plan(cfg, run_dir)
     L.seed_everything(cfg.run.seed, workers=True, verbose=False)
     dm, module = build_data_and_module(cfg, run_dir)

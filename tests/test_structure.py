@@ -19,7 +19,7 @@ BOTTOM = {
     "caslie.errors", "caslie.tasks", "caslie.record", "caslie.config", "caslie.prompts",
     "caslie.hub", "caslie.images", "caslie.parsing", "caslie.metrics", "caslie.generation",
     "caslie.optim", "caslie.resume", "caslie.cluster", "caslie.signals", "caslie.console", "caslie.paper",
-    "caslie.redact",
+    "caslie.redact", "caslie.run_lock",
 }  # fmt: skip
 """Modules below ``caslie.data``: they import only each other."""
 
