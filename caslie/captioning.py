@@ -22,11 +22,11 @@ from typing import Any
 import torch
 
 from caslie.config import CaptionConfig, Config
-from caslie.data.cache import CaptionCache, text_hash
+from caslie.data.cache import CaptionCache, image_state, same_image, text_hash
 from caslie.data.captions import NA_CAPTION
 from caslie.data.records import default_image_root
 from caslie.errors import CaslieError, ConfigError
-from caslie.images import ImageError, ImageLimits, load_image
+from caslie.images import ImageError, ImageLimits, decode_image, read_image_bytes
 from caslie.jobs import JobSummary, local_device, my_share, progress, rank_world, select_records
 from caslie.pretrained import (
     Checkpoint,
@@ -190,9 +190,12 @@ def dry_run(cfg: Config, tasks: list[str] | None = None, splits: list[str] | Non
 
 
 def plan(records: list[Record], cfg: CaptionConfig, cached: dict, retry_failed: bool,
-         rank: int = 0, world: int = 1, backend: str | None = None) -> tuple[list[CaptionJob], int]:  # fmt: skip
+         rank: int = 0, world: int = 1, backend: str | None = None,
+         root: Path | None = None) -> tuple[list[CaptionJob], int]:  # fmt: skip
     """This rank's image slots still to caption, and how many of its slots the cache already has.
 
+    A cached caption counts when it was made with the same prompt template and, given the image
+    ``root``, from the same image (reference and content); otherwise the slot is captioned again.
     Slots are dealt to ranks before the cache is consulted, so a rank owns the same slots whatever
     the others have written meanwhile.
     """
@@ -201,7 +204,11 @@ def plan(records: list[Record], cfg: CaptionConfig, cached: dict, retry_failed: 
     for r, j in my_share(slots, rank, world):
         template = template_key(r.task, cfg, backend)
         entry = cached.get((r.id, j))
-        cached_here = entry is not None and entry.get("template") == template
+        cached_here = (
+            entry is not None
+            and entry.get("template") == template
+            and (root is None or same_image(entry, r.images[j], root))
+        )
         if cached_here and (entry.get("status", "ok") == "ok" or not retry_failed):
             skipped += 1
             continue
@@ -244,10 +251,10 @@ def run_caption(cfg: Config, tasks: list[str] | None = None, splits: list[str] |
     limits = ImageLimits(
         cc.fetch_timeout_s, cc.fetch_retries, cc.max_image_bytes, cc.max_image_pixels, cc.image_size
     )
-    cache = CaptionCache(cfg.data.caption_cache)
+    cache = CaptionCache(cfg.data.caption_cache, cfg.data.on_error)
     cached = cache.load(model=cc.model) if cache.folder.is_dir() else {}
     records = select_records(cfg, tasks, splits, limit)
-    jobs, skipped = plan(records, cc, cached, retry_failed, rank, world, backend_of(cc))
+    jobs, skipped = plan(records, cc, cached, retry_failed, rank, world, backend_of(cc), root)
     summary = JobSummary("caption", total=len(jobs), skipped=skipped)
     if not jobs:
         summary.seconds = time.perf_counter() - start
@@ -259,19 +266,25 @@ def run_caption(cfg: Config, tasks: list[str] | None = None, splits: list[str] |
     for job in jobs:
         groups.setdefault((job.record.images[job.index], job.instruction), []).append(job)
 
+    states: dict[tuple[str, str], dict] = {}  # what identifies each image fetched, until written
+
     def fetch(key: tuple[str, str]) -> Any:
         try:
-            return load_image(key[0], root, limits)
+            data = read_image_bytes(key[0], root, limits)
+            states[key] = image_state(key[0], root, data)
+            return decode_image(data, limits, key[0])
         except ImageError as err:
             return err
 
     def record(key: tuple[str, str], caption: str, status: str, reason: str | None = None) -> None:
         for job in groups[key]:
-            writer.write(_entry(job, cc.model, caption, status, reason))
+            entry = _entry(job, cc.model, caption, status, reason)
+            writer.write(entry | states.get(key, {}))
             if status == "ok":
                 summary.done += 1
             else:
                 summary.fail(reason or "")
+        states.pop(key, None)
         bar.update(len(groups[key]))
 
     bar = progress(len(jobs), f"captioning with {cc.model}", "img")

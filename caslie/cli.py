@@ -140,9 +140,8 @@ def _parser() -> argparse.ArgumentParser:
     for name, what in (("caption", "EC3 captions into the caption cache data.captions"),
                        ("vote", "CQE votes into the vote cache data.votes")):  # fmt: skip
         job = sub.add_parser(name, help=what)
-        job.add_argument(
-            "--config", required=True, help="YAML config (dotted overrides may follow)"
-        )
+        job.add_argument("--config", action="append",
+                         help="YAML config, repeatable: merged in order (dotted overrides may follow)")  # fmt: skip
         job.add_argument("--tasks", nargs="+", help="task codes (default: data.tasks)")
         job.add_argument("--splits", nargs="+", choices=SPLITS, help="splits (default: all)")
         job.add_argument("--limit", type=int, help="at most this many rows per task and split")
@@ -185,6 +184,8 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--paper", action="store_true",
                      help="add the deltas against the paper's published numbers")  # fmt: skip
     rep.add_argument("--out", type=Path, help="output folder (default: FOLDER/report)")
+    fix = sub.add_parser("repair", help="move corrupt lines of a caption or vote cache aside")
+    fix.add_argument("folder", type=Path, help="the cache folder (data.captions or data.votes)")
     ex = sub.add_parser("export", help="merge a run's LoRA adapter into its base model")
     ex.add_argument("--run", required=True, type=Path, help="the run folder (runs/<name>)")
     ex.add_argument("--out", required=True, type=Path, help="folder for the merged model")
@@ -265,6 +266,14 @@ def main(argv: list[str] | None = None) -> int:
             written = write_report(args.folder, args.table, args.paper, args.out)
             print(written[0].read_text(encoding="utf-8"))
             print("wrote " + ", ".join(str(p) for p in written))
+        elif args.command == "repair":
+            from caslie.data.cache import repair_cache
+
+            moved = repair_cache(args.folder)
+            print(
+                f"moved {len(moved)} corrupt line(s) to rejected/"
+                + "".join(f"\n  {m}" for m in moved)
+            )
         elif args.command == "export":
             from caslie.export import export_merged
 

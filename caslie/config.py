@@ -771,6 +771,7 @@ def load_config(path: str | Path | Sequence[str | Path] | None = None,
         cfg = _merge(cfg, other, "command-line overrides")
     obj = to_object(cfg)
     obj._env_interpolations = env_interpolations(cfg)  # what to_yaml and to_dict write back
+    obj.data.loaded_from = [str(p) for p in paths]  # advice repeats them (caslie.data.advice)
     return obj
 
 

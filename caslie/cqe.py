@@ -295,7 +295,7 @@ def run_vote(cfg: Config, tasks: list[str] | None = None, splits: list[str] | No
         )
     start = time.perf_counter()
     rank, world = rank_world()
-    cache = VoteCache(cfg.data.votes)
+    cache = VoteCache(cfg.data.votes, cfg.data.on_error)
     all_jobs, uncaptioned = vote_jobs(cfg, select_records(cfg, tasks, splits, limit))
     summary = JobSummary(
         "vote", extra={"captions to judge": len(all_jobs), "slots without a caption": uncaptioned}
@@ -307,8 +307,13 @@ def run_vote(cfg: Config, tasks: list[str] | None = None, splits: list[str] | No
     template = {t: text_hash(cqe_template(t, cfg.cqe.prompts)) for t in TASKS}
     other_answers: dict[str, int] = {}
     for name in cfg.data.voters:
-        cached = cache.load(name)
-        mine = [j for j in my_jobs if j.key not in cached]
+        ckpt = Checkpoint.from_config(cfg.cqe, cfg.cqe.models[name], what=f"voter '{name}'")
+        cast_by = {"checkpoint": ckpt.revision_key(), "mode": cfg.cqe.mode}
+        # A cached vote counts when this voter would cast it now: the same checkpoint revision,
+        # mode and prompt template. Any other is cast again, never reused.
+        cached = cache.load(name, made_by=cast_by)
+        mine = [j for j in my_jobs
+                if cached.get(j.key, {}).get("template") != template[j.record.task]]  # fmt: skip
         summary.skipped += len(my_jobs) - len(mine)
         summary.total += len(mine)
         if not mine and not compare:
@@ -324,7 +329,7 @@ def run_vote(cfg: Config, tasks: list[str] | None = None, splits: list[str] | No
                     for job in groups[prompt]:
                         row_id, index, sha = job.key
                         writer.write({"row_id": row_id, "image_index": index, "voter": name, "caption_sha": sha,
-                                      "template": template[job.record.task], "mode": cfg.cqe.mode, **vote})  # fmt: skip
+                                      "template": template[job.record.task], **cast_by, **vote})  # fmt: skip
                         summary.done += 1
                         if vote["vote"] not in ("yes", "no"):
                             other_answers[name] = other_answers.get(name, 0) + 1

@@ -12,6 +12,7 @@ by a :class:`Checkpoint` and loaded here, with the same keyword arguments: ``dty
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,6 +119,19 @@ class Checkpoint:
         """What ``from_pretrained`` loads (see :func:`resolve_pretrained`)."""
         return resolve_pretrained(self.name_or_path, self.what)
 
+    def revision_key(self) -> str:
+        """What identifies these weights, found without loading them (votes are keyed by it).
+
+        A hub id is ``<id>@<commit>``: the commit its revision points to in the local hub cache,
+        else the revision as given. A folder (a ``tiny:`` model too) is a hash of its
+        ``config.json`` and of each weight file's name and blob (a hub-cache link) or size and
+        modification time, so new weights under the same name give a new key.
+        """
+        if self.name_or_path.startswith("tiny:") or Path(self.name_or_path).expanduser().exists():
+            return _folder_key(Path(self.path()))
+        revision = self.revision or "main"
+        return f"{self.name_or_path}@{_cached_commit(self.name_or_path, revision) or revision}"
+
     def common_kwargs(self) -> dict[str, Any]:
         """Keyword arguments every ``from_pretrained`` call of this checkpoint takes."""
         return {"revision": self.revision, "trust_remote_code": self.trust_remote_code}
@@ -128,6 +142,33 @@ class Checkpoint:
         if self.attn_implementation:
             kwargs["attn_implementation"] = self.attn_implementation
         return kwargs
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def _folder_key(folder: Path) -> str:
+    digest = hashlib.blake2b(digest_size=8)
+    config = folder / "config.json"
+    digest.update(config.read_bytes() if config.is_file() else b"")
+    for path in sorted(folder.rglob("*")):
+        if path.suffix not in WEIGHT_SUFFIXES or not path.is_file():
+            continue
+        stat = path.stat()
+        blob = path.resolve().name if path.is_symlink() else f"{stat.st_size}:{stat.st_mtime_ns}"
+        digest.update(f"{path.relative_to(folder)}={blob};".encode())
+    return f"local:{digest.hexdigest()}"
+
+
+def _cached_commit(repo_id: str, revision: str) -> str | None:
+    """The commit ``revision`` of ``repo_id`` points to in the local hub cache, if downloaded."""
+    from huggingface_hub import constants
+
+    ref = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "refs" / revision
+    try:
+        return ref.read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
 
 
 def load_model(ckpt: Checkpoint, auto_class: Any, dtype: torch.dtype | None = None) -> Any:

@@ -226,3 +226,27 @@ def test_reference_clean_up_and_the_llava15_prompt_format(tmp_path):
         "USER: <image>\nDescribe it. ASSISTANT:"
     )
     assert render_caption_prompt(processor, "blip-2", "Describe it.") == ""
+
+
+def test_a_changed_image_is_captioned_again_and_its_old_caption_never_used(tmp_path, sample_rows):
+    from caslie.data.captions import CaptionSource
+
+    rows = [
+        dict(r) for r in sample_rows if r["task"] == "sentiment_analysis" and r["split"] == "train"
+    ][:3]
+    data = write_jsonl(tmp_path / "rows" / "rows.jsonl", rows)
+    shutil.copytree(REPO / "data/sample/images", tmp_path / "rows" / "images")
+    cfg = _cfg(tmp_path, f"data.source={data}", "data.tasks=[sa]", "data.fusion=uia")
+    assert run_caption(cfg).done == 3
+    records = load_records(cfg.data, splits=["train"])[0]
+    changed = tmp_path / "rows" / records[1].images[0]
+    other = next(
+        p for p in (REPO / "data/sample/images").iterdir() if p.read_bytes() != changed.read_bytes()
+    )
+    changed.write_bytes(other.read_bytes())
+    source = CaptionSource(cfg.data)
+    assert [source.get(r)[0] is not None for r in records] == [True, False, True]
+    assert source.stale == 1
+    again = run_caption(cfg)
+    assert (again.total, again.skipped) == (1, 2)
+    assert all(CaptionSource(cfg.data).get(r)[0] is not None for r in records)

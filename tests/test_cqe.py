@@ -24,7 +24,7 @@ from caslie.data.cache import VoteCache, read_shards
 from caslie.data.fusion import fuse_records
 from caslie.errors import ConfigError
 from caslie.jobs import select_records
-from caslie.pretrained import load_tokenizer
+from caslie.pretrained import Checkpoint, load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 VOTERS = ["tiny-llama", "tiny-mistral", "tiny-llava"]
@@ -170,3 +170,24 @@ def test_text_voters_get_the_reference_system_message_and_the_vision_voter_none(
     assert "helpful AI" not in Voter(
         "tiny-llama", paper.cqe.models["tiny-llama"], paper.cqe
     ).render("x")
+
+
+def test_votes_of_another_checkpoint_mode_or_prompt_set_are_cast_again(tmp_path):
+    cfg = _cfg(tmp_path, "data.voters=[tiny-llama,tiny-mistral]")
+    first = run_vote(cfg, tasks=["sa"])
+    n = first.done // 2
+    assert n > 0 and run_vote(cfg, tasks=["sa"]).total == 0
+    entry = next(iter(VoteCache(cfg.data.votes).load("tiny-llama").values()))
+    assert entry["checkpoint"].startswith("local:") and entry["mode"] == "score"
+    assert run_vote(_cfg(tmp_path, "data.voters=[tiny-llama,tiny-mistral]", "cqe.prompts=paper"),
+                    tasks=["sa"]).total == 2 * n  # fmt: skip
+    assert run_vote(_cfg(tmp_path, "data.voters=[tiny-llama]", "cqe.mode=generate"),
+                    tasks=["sa"]).total == n  # fmt: skip
+    swapped = _cfg(tmp_path, "data.voters=[tiny-llama,tiny-mistral]", "cqe.prompts=paper",
+                   "cqe.models.tiny-llama=tiny:voter-mistral")  # fmt: skip
+    again = run_vote(swapped, tasks=["sa"])
+    assert again.total == n  # only the voter whose checkpoint changed
+    votes = VoteCache(cfg.data.votes).load("tiny-llama")
+    assert all(
+        e["checkpoint"] == Checkpoint("tiny:voter-mistral").revision_key() for e in votes.values()
+    )

@@ -128,3 +128,58 @@ def test_reader_survives_a_writer_killed_with_sigkill(tmp_path: Path):
     entries = list(read_shards(tmp_path))
     assert len(entries) > 100
     assert [int(e["row_id"]) for e in entries] == list(range(len(entries)))
+
+
+def test_corrupt_entries_name_shard_and_line_and_are_skipped_or_moved_aside(tmp_path: Path, caplog):
+    from caslie.cli import main
+
+    good = [json.dumps(_caption(f"r{i}", 0, f"caption {i}")) for i in range(3)]
+    no_model = json.dumps({k: v for k, v in _caption("x", 0, "a").items() if k != "model"})
+    bad = [no_model, "[1, 2]", '{"row_id": "y", "image_index": "0", "model": "m", "caption": "c"}',
+           "{broken"]  # fmt: skip
+    shard = tmp_path / "caps" / "a.jsonl"
+    shard.parent.mkdir()
+    shard.write_text("\n".join([good[0], *bad, good[1], good[2]]) + "\n")
+    with pytest.raises(
+        CacheError, match=r"a.jsonl:2 \(no 'model'\); drop such lines with `caslie repair"
+    ):
+        CaptionCache(shard.parent).load()
+    with caplog.at_level(logging.WARNING):
+        kept = CaptionCache(shard.parent, on_error="skip").load()
+    assert sorted(k[0] for k in kept) == ["r0", "r1", "r2"]
+    assert "skipped 4 corrupt cache entries (first: " in caplog.text
+    assert main(["repair", str(shard.parent)]) == 0
+    assert (shard.parent / "rejected" / "a.jsonl").read_text().splitlines() == bad  # nothing lost
+    assert shard.read_text().splitlines() == good
+    assert sorted(k[0] for k in CaptionCache(shard.parent).load()) == ["r0", "r1", "r2"]
+
+
+def test_corrupt_votes_are_caught_per_voter_and_repaired(tmp_path: Path):
+    from caslie.data.cache import repair_cache
+
+    votes = tmp_path / "votes"
+    with VoteCache(votes).writer("judge") as w:
+        w.write({"row_id": "r", "image_index": 0, "caption_sha": "s", "vote": "yes"})
+    with (votes / "judge" / "extra.jsonl").open("w") as fh:
+        fh.write('{"row_id": "q", "image_index": 0, "vote": "no"}\n')
+    with pytest.raises(CacheError, match=r"extra.jsonl:1 \(no 'caption_sha'\)"):
+        VoteCache(votes).load("judge")
+    assert repair_cache(votes) == [f"{votes / 'judge' / 'extra.jsonl'}:1"]
+    assert list(VoteCache(votes).load("judge")) == [("r", 0, "s")]
+
+
+def test_a_caption_is_tied_to_the_image_it_was_made_from(tmp_path: Path):
+    from caslie.data.cache import image_state, same_image
+
+    (tmp_path / "img.png").write_bytes(b"first image bytes")
+    entry = image_state("img.png", tmp_path)
+    assert same_image(entry, "img.png", tmp_path)
+    os.utime(tmp_path / "img.png", ns=(1, 1))  # touched, same content: still the same image
+    assert same_image(entry, "img.png", tmp_path)
+    (tmp_path / "img.png").write_bytes(b"other image bytes")  # same size, new content
+    assert not same_image(entry, "img.png", tmp_path)
+    assert not same_image(image_state("img.png", tmp_path), "other.png", tmp_path)
+    (tmp_path / "img.png").unlink()
+    assert not same_image(entry, "img.png", tmp_path)
+    url = image_state("http://example.invalid/a.png", tmp_path, data=b"x")
+    assert same_image(url, "http://example.invalid/a.png", tmp_path)  # known by its reference

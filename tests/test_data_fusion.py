@@ -66,7 +66,10 @@ def test_missing_votes_fail_before_training_naming_the_command(sample_config, tm
     with pytest.raises(CoverageError) as err:
         _fused(sample_config, f"data.votes={votes}")
     msg = str(err.value)
-    assert "caslie vote --config" in msg and str(votes) in msg and "phi-3.5-mini-instruct:" in msg
+    assert (
+        "caslie vote " in msg and f"data.votes={votes}" in msg and "phi-3.5-mini-instruct:" in msg
+    )
+    assert "data.captions=dataset" in msg and "'data.voters=[" in msg
     with pytest.raises(CoverageError, match="set data.votes"):
         _fused(sample_config, "data.votes=null")
     with pytest.raises(CoverageError, match="does not exist"):
@@ -114,9 +117,11 @@ def test_failed_captions_are_never_fused(sample_config, tmp_path):
             ok = i % 2 == 0
             w.write({"row_id": r.id, "image_index": 0, "model": "vlm", "template": "t",
                      "caption": "a caption" if ok else "NA", "status": "ok" if ok else "failed"})  # fmt: skip
-    uia, _ = _fused(
-        sample_config, "data.tasks=sa", f"data.captions={tmp_path / 'caps'}", "data.fusion=uia"
-    )
+    caps = ["data.tasks=sa", f"data.captions={tmp_path / 'caps'}", "data.fusion=uia"]
+    with pytest.raises(CoverageError, match=r"too few images have a caption .*train 50.0%"):
+        _fused(sample_config, *caps)  # half the images failed: below data.min_caption_coverage
+    uia, report = _fused(sample_config, *caps, "data.min_caption_coverage=0.5")
+    assert report.coverage() == {"train": 0.5}
     assert [ex.used[0] for ex in uia] == [i % 2 == 0 for i in range(len(uia))]
     assert not any('"NA"' in ex.input_text for ex in uia)
 

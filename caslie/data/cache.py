@@ -4,14 +4,17 @@ A cache is a folder of ``*.jsonl`` shards. Every writer (one per rank and proces
 its own with a unique name, so writers never share a file, and appends one whole JSON line per
 entry, flushed at once. Readers merge all shards. A writer killed mid-write leaves at most one torn
 last line in its own shard; readers ignore it with a warning. Entries are keyed by content: row id,
-image index, model or voter, prompt-template hash (and for votes, the hash of the judged caption).
+image index, model or voter, prompt-template hash; a caption also records the image it was made
+from (reference, content hash), a vote the judged caption's hash and what cast it (the voter's
+checkpoint revision, mode and prompt template). A changed input is recomputed, never reused.
 
 Layout::
 
     <captions>/<shard>.jsonl            {"row_id", "image_index", "model", "template", "caption",
-                                         "status": "ok"|"failed", "reason", "ts"}
+                                         "status": "ok"|"failed", "reason", "image", "image_sha",
+                                         "image_size", "image_mtime_ns", "ts"}
     <votes>/<voter>/<shard>.jsonl       {"row_id", "image_index", "voter", "caption_sha", "vote":
-                                         "yes"|"no", "p_yes", "template", "ts"}
+                                         "yes"|"no", "p_yes", "template", "mode", "checkpoint", "ts"}
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from caslie.errors import CacheError
+from caslie.errors import CacheError, MissingPathError
 
 log = logging.getLogger(__name__)
 
@@ -73,33 +76,125 @@ class ShardWriter:
         self.close()
 
 
-def read_shards(folder: str | Path) -> Iterator[dict[str, Any]]:
+CAPTION_FIELDS: dict[str, tuple[type, ...]] = {
+    "row_id": (str, int), "image_index": (int,), "model": (str,), "caption": (str,),
+}  # fmt: skip
+"""Fields every caption entry holds, with their types."""
+VOTE_FIELDS: dict[str, tuple[type, ...]] = {
+    "row_id": (str, int), "image_index": (int,), "caption_sha": (str,), "vote": (str,),
+}  # fmt: skip
+"""Fields every vote entry holds, with their types."""
+ON_ERROR = ("raise", "skip")
+"""What a reader does with a corrupt entry: stop naming it, or drop it with a warning."""
+
+
+def _problem(entry: Any, fields: dict[str, tuple[type, ...]]) -> str | None:
+    """Why a parsed line is not an entry, or ``None`` when it is one."""
+    if not isinstance(entry, dict):
+        return f"a JSON {type(entry).__name__}, not an object"
+    for name, kinds in fields.items():
+        value = entry.get(name)
+        if value is None:
+            return f"no '{name}'"
+        if not isinstance(value, kinds) or isinstance(value, bool):
+            return f"'{name}' is a {type(value).__name__}"
+    return None
+
+
+def _shard_lines(shard: Path, fields: dict[str, tuple[type, ...]]):
+    """``(line number, entry or None, problem or None)`` for every non-blank line of a shard; a
+    torn last line (what a writer killed mid-write leaves) is left out with a warning."""
+    with shard.open("rb") as fh:
+        lines = fh.read().split(b"\n")
+    # split() leaves a final "" when the file ends with a newline; anything else is a tail that
+    # was never finished.
+    complete, tail = lines[:-1], lines[-1]
+    for lineno, raw in enumerate(complete, 1):
+        if not raw.strip():
+            continue
+        try:
+            entry = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+            if lineno == len(complete) and not tail:
+                log.warning("ignoring a torn last line in %s:%d", shard, lineno)
+                continue
+            yield lineno, None, "not a JSON line"
+            continue
+        problem = _problem(entry, fields)
+        yield lineno, (None if problem else entry), problem
+    if tail.strip():
+        log.warning("ignoring a torn last line in %s:%d (killed writer)", shard, len(lines))
+
+
+def read_shards(folder: str | Path, fields: dict[str, tuple[type, ...]] | None = None,
+                on_error: str = "raise") -> Iterator[dict[str, Any]]:  # fmt: skip
     """Yield every entry of every shard in ``folder`` (sorted by name, then line).
 
-    A torn last line (no newline, or not JSON) is skipped with a warning: it is what a writer
-    killed mid-write leaves. A bad line anywhere else means corruption and raises.
+    Args:
+        folder: The cache folder (or a voter's subfolder).
+        fields: Fields each entry must hold (``CAPTION_FIELDS``, ``VOTE_FIELDS``); ``None``: any
+            JSON object.
+        on_error: ``raise`` on a corrupt entry, or ``skip`` it (counted in one warning).
 
     Raises:
-        CacheError: naming the shard and line of a corrupt entry.
+        CacheError: naming the shard, line and problem of a corrupt entry (``on_error=raise``).
     """
+    skipped: list[str] = []
     for shard in sorted(Path(folder).glob("*.jsonl")):
-        with shard.open("rb") as fh:
-            lines = fh.read().split(b"\n")
-        # split() leaves a final "" when the file ends with a newline; anything else is a tail
-        # that was never finished.
-        complete, tail = lines[:-1], lines[-1]
-        for lineno, raw in enumerate(complete, 1):
-            if not raw.strip():
-                continue
-            try:
-                yield json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                if lineno == len(complete) and not tail:
-                    log.warning("ignoring a torn last line in %s:%d", shard, lineno)
-                    continue
-                raise CacheError(f"corrupt cache entry at {shard}:{lineno}") from None
-        if tail.strip():
-            log.warning("ignoring a torn last line in %s:%d (killed writer)", shard, len(lines))
+        for lineno, entry, problem in _shard_lines(shard, fields or {}):
+            if entry is not None:
+                yield entry
+            elif on_error == "skip":
+                skipped.append(f"{shard}:{lineno}")
+            else:
+                raise CacheError(
+                    f"corrupt cache entry at {shard}:{lineno} ({problem}); drop such lines with "
+                    f"`caslie repair {folder}` (they are kept aside in rejected/), or read past "
+                    f"them with data.on_error=skip"
+                )
+    if skipped:
+        log.warning("skipped %d corrupt cache entries (first: %s)", len(skipped), skipped[0])
+
+
+def repair_shards_here(folder: Path, fields: dict[str, tuple[type, ...]]) -> list[str]:
+    """Rewrite every shard of ``folder`` without its corrupt lines, which are moved (not lost) to
+    ``<folder>/rejected/<shard>``. Run it with no writer at work on the folder.
+
+    Returns:
+        ``shard:line`` of every line moved aside.
+    """
+    moved: list[str] = []
+    for shard in sorted(folder.glob("*.jsonl")):
+        raw = shard.read_bytes().split(b"\n")
+        bad = {n for n, entry, _ in _shard_lines(shard, fields) if entry is None}
+        if not bad:
+            continue
+        rejected = folder / "rejected" / shard.name
+        rejected.parent.mkdir(exist_ok=True)
+        with rejected.open("ab") as fh:
+            fh.writelines(raw[n - 1] + b"\n" for n in sorted(bad))
+        kept = [line for n, line in enumerate(raw, 1) if n not in bad]
+        tmp = shard.with_name(shard.name + ".tmp")
+        tmp.write_bytes(b"\n".join(kept))
+        os.replace(tmp, shard)
+        moved += [f"{shard}:{n}" for n in sorted(bad)]
+    return moved
+
+
+def repair_cache(folder: str | Path) -> list[str]:
+    """:func:`repair_shards` on a caption cache (shards at the top) or a vote cache (a subfolder
+    of shards per voter), each checked against its own fields.
+
+    Raises:
+        MissingPathError: ``folder`` is not a folder.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise MissingPathError(f"cache folder {root} does not exist")
+    moved = repair_shards_here(root, CAPTION_FIELDS)
+    for voter in sorted(p for p in root.iterdir() if p.is_dir() and p.name != "rejected"):
+        moved += repair_shards_here(voter, VOTE_FIELDS)
+    return moved
 
 
 def _newer(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
@@ -112,41 +207,105 @@ def _newer(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
     return float(new.get("ts", 0)) >= float(old.get("ts", 0))
 
 
-class CaptionCache:
-    """Captions keyed by (row id, image index), for one captioning model and template."""
+def _blake(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
-    def __init__(self, folder: str | Path):
-        self.folder = Path(folder)
+
+def _local_image(ref: str, root: Path) -> Path | None:
+    """The file a local image reference names under ``root``, or ``None`` for a URL or a path
+    that leaves the root (such a reference is never read here)."""
+    if "://" in ref or ref.startswith("file:"):
+        return None
+    root = root.resolve()
+    path = (root / ref).resolve()
+    return path if path.is_relative_to(root) and path.is_file() else None
+
+
+def image_state(ref: str, root: Path, data: bytes | None = None) -> dict[str, Any]:
+    """What identifies the image a caption was made from: the reference, and for a local file its
+    content hash with the size and modification time that make re-checking it cheap. A URL is
+    known by its text and the hash of the bytes fetched (``data``)."""
+    state: dict[str, Any] = {"image": ref}
+    path = _local_image(ref, root)
+    if path is not None:
+        stat = path.stat()
+        state |= {"image_size": stat.st_size, "image_mtime_ns": stat.st_mtime_ns,
+                  "image_sha": _blake(path.read_bytes() if data is None else data)}  # fmt: skip
+    elif data is not None:
+        state["image_sha"] = _blake(data)
+    return state
+
+
+def same_image(entry: dict[str, Any], ref: str, root: Path) -> bool:
+    """Whether a cache entry was made from the image ``ref`` names now: the same reference and,
+    for a local file, the same content (size and time first; the hash when they changed)."""
+    if "image" in entry and entry["image"] != ref:
+        return False
+    if "image_sha" not in entry or "image_size" not in entry:
+        return True  # a URL (or an entry of an older version): known by its reference only
+    path = _local_image(ref, root)
+    if path is None:
+        return False  # the file is gone
+    stat = path.stat()
+    if (stat.st_size, stat.st_mtime_ns) == (entry["image_size"], entry.get("image_mtime_ns")):
+        return True
+    return stat.st_size == entry["image_size"] and _blake(path.read_bytes()) == entry["image_sha"]
+
+
+class CaptionCache:
+    """Captions keyed by (row id, image index), for one captioning model and template.
+
+    Args:
+        folder: The cache folder.
+        on_error: ``raise`` on a corrupt entry or ``skip`` it (see :func:`read_shards`).
+    """
+
+    def __init__(self, folder: str | Path, on_error: str = "raise"):
+        self.folder, self.on_error = Path(folder), on_error
 
     def writer(self, rank: int = 0) -> ShardWriter:
         """A new shard for this process."""
         return ShardWriter(self.folder, rank)
 
+    def entries(self) -> Iterator[dict[str, Any]]:
+        """Every valid entry of every shard."""
+        return read_shards(self.folder, CAPTION_FIELDS, self.on_error)
+
     def models(self) -> set[str]:
         """Captioning models present in the cache."""
-        return {e["model"] for e in read_shards(self.folder)}
+        return {e["model"] for e in self.entries()}
 
-    def load(
-        self, model: str | None = None, template: str | None = None
-    ) -> dict[tuple[str, int], dict[str, Any]]:
+    def load(self, model: str | None = None, template: str | None = None,
+             must_hold: bool = False) -> dict[tuple[str, int], dict[str, Any]]:  # fmt: skip
         """Merged entries for one model (and template hash, if given).
 
+        Args:
+            model: The captioning model (``None``: the only one in the cache).
+            template: Keep only entries made with this prompt-template hash.
+            must_hold: Refuse a ``model`` the cache has no caption of (a reader's typo), rather
+                than return nothing (a writer about to add a model).
+
         Raises:
-            CacheError: the folder is missing, or ``model`` is ``None`` and several are cached.
+            CacheError: the folder is missing, ``model`` is not in it (``must_hold``), or
+                ``model`` is ``None`` and several are cached.
         """
         if not self.folder.is_dir():
             raise CacheError(
                 f"caption cache {self.folder} does not exist; fill it with `caslie caption` or "
                 f"set data.captions=dataset"
             )
-        entries = list(read_shards(self.folder))
-        if model is None:
-            found = {e["model"] for e in entries}
-            if len(found) > 1:
-                raise CacheError(
-                    f"caption cache {self.folder} holds captions of several models "
-                    f"({', '.join(sorted(found))}); pick one with data.caption_model"
-                )
+        entries = list(self.entries())
+        found = {e["model"] for e in entries}
+        if model is None and len(found) > 1:
+            raise CacheError(
+                f"caption cache {self.folder} holds captions of several models "
+                f"({', '.join(sorted(found))}); pick one with data.caption_model"
+            )
+        if must_hold and model is not None and model not in found:
+            raise CacheError(
+                f"caption cache {self.folder} has no captions of data.caption_model '{model}' "
+                f"(it has: {', '.join(sorted(found)) or 'none'})"
+            )
         merged: dict[tuple[str, int], dict[str, Any]] = {}
         for entry in entries:
             if model is not None and entry["model"] != model:
@@ -160,10 +319,15 @@ class CaptionCache:
 
 
 class VoteCache:
-    """CQE votes, one subfolder per voter, keyed by (row id, image index, caption hash)."""
+    """CQE votes, one subfolder per voter, keyed by (row id, image index, caption hash).
 
-    def __init__(self, folder: str | Path):
-        self.folder = Path(folder)
+    Args:
+        folder: The cache folder.
+        on_error: ``raise`` on a corrupt entry or ``skip`` it (see :func:`read_shards`).
+    """
+
+    def __init__(self, folder: str | Path, on_error: str = "raise"):
+        self.folder, self.on_error = Path(folder), on_error
 
     def writer(self, voter: str, rank: int = 0) -> ShardWriter:
         """A new shard for ``voter`` in this process."""
@@ -175,13 +339,22 @@ class VoteCache:
             return []
         return sorted(p.name for p in self.folder.iterdir() if p.is_dir())
 
-    def load(self, voter: str) -> dict[tuple[str, int, str], dict[str, Any]]:
-        """Merged votes of one voter (empty when the voter has none)."""
+    def load(self, voter: str, made_by: dict[str, str] | None = None
+             ) -> dict[tuple[str, int, str], dict[str, Any]]:  # fmt: skip
+        """Merged votes of one voter (empty when the voter has none).
+
+        Args:
+            voter: The voter's name (its subfolder).
+            made_by: Keep only votes whose fields hold these values (``checkpoint``, ``mode``,
+                ``template``...): the votes the current voter would cast.
+        """
         merged: dict[tuple[str, int, str], dict[str, Any]] = {}
         folder = self.folder / voter
         if not folder.is_dir():
             return merged
-        for entry in read_shards(folder):
+        for entry in read_shards(folder, VOTE_FIELDS, self.on_error):
+            if made_by and any(entry.get(k) != v for k, v in made_by.items()):
+                continue
             key = (str(entry["row_id"]), int(entry["image_index"]), str(entry["caption_sha"]))
             if _newer(merged.get(key), entry):
                 merged[key] = entry

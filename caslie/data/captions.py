@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from caslie.config import DataConfig
-from caslie.data.cache import CaptionCache
+from caslie.data.cache import CaptionCache, same_image
+from caslie.data.records import default_image_root
 from caslie.record import Record
 
 NA_CAPTION = "NA"
@@ -21,15 +24,24 @@ def usable_caption(caption: str | None, na_captions: str = "vote") -> bool:
 class CaptionSource:
     """Captions per image slot of a record, as ``data.captions`` says where to find them.
 
+    A cached caption counts only when it was made from the image the row names now (same
+    reference, same file content); one of another image is *stale*: counted, never used.
+
     Args:
         cfg: The data config (``data.captions`` and ``data.caption_model``).
     """
 
     def __init__(self, cfg: DataConfig):
         self.folder = cfg.caption_cache
+        self.root = Path(cfg.image_root or default_image_root(cfg.source))
+        self.stale = 0
         self._cache: dict = {}
+        self.model = cfg.caption_model
+        """The captioning model read (the cache's only one when ``data.caption_model`` is unset)."""
         if self.folder is not None:
-            self._cache = CaptionCache(self.folder).load(model=cfg.caption_model)
+            cache = CaptionCache(self.folder, cfg.on_error)
+            self._cache = cache.load(model=cfg.caption_model, must_hold=True)
+            self.model = self.model or next((e["model"] for e in self._cache.values()), None)
 
     @property
     def from_dataset(self) -> bool:
@@ -42,8 +54,11 @@ class CaptionSource:
         if self.folder is None:
             return record.captions
         out = []
-        for j in range(len(record.images)):
+        for j, ref in enumerate(record.images):
             entry = self._cache.get((record.id, j))
+            if entry is not None and not same_image(entry, ref, self.root):
+                self.stale += 1
+                entry = None
             ok = entry is not None and entry.get("status", "ok") == "ok"
             out.append(entry["caption"] if ok else None)
         return tuple(out)

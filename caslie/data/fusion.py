@@ -16,17 +16,21 @@ Strategies: ``none`` (text only), ``uia`` (use it always), ``mv`` (majority of t
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from caslie.config import DataConfig
+from caslie.data.advice import fill_command
 from caslie.data.cache import text_hash
 from caslie.data.captions import CaptionSource, usable_caption
 from caslie.data.votes import decide, open_votes
 from caslie.errors import CoverageError
 from caslie.record import Record
 from caslie.tasks import TASK_CODES
+
+log = logging.getLogger(__name__)
 
 SINGLE_KEY = "product information extracted from image"
 PRP_KEYS = (
@@ -63,6 +67,19 @@ class FusionReport:
     slots: Counter = field(default_factory=Counter)
     used: Counter = field(default_factory=Counter)
     skipped: Counter = field(default_factory=Counter)
+    captioned: Counter = field(default_factory=Counter)
+    """Image slots with a caption, per (task, split)."""
+    stale: int = 0
+    """Cached captions left out because the row's image changed since they were made."""
+
+    def coverage(self) -> dict[str, float]:
+        """``{split: share of image slots with a caption}`` (splits with images only)."""
+        slots, captioned = Counter(), Counter()
+        for (_, split), n in self.slots.items():
+            slots[split] += n
+        for (_, split), n in self.captioned.items():
+            captioned[split] += n
+        return {s: captioned[s] / n for s, n in sorted(slots.items()) if n}
 
     def used_pct(self) -> dict[str, dict[str, float]]:
         """``{split: {task: caption used %}}`` over image slots."""
@@ -195,15 +212,45 @@ def fuse_records(
             used.append(keep)
             votes.append(slot_votes)
         report.slots[(r.task, r.split)] += len(caps)
+        report.captioned[(r.task, r.split)] += sum(c is not None for c in caps)
         report.used[(r.task, r.split)] += sum(used)
         inp, opts = fuse_text(r, caps, used)
         out.append(FusedExample(r, inp, opts, tuple(caps), tuple(used), tuple(votes)))
+    report.stale = captions.stale
+    _check_coverage(report, cfg, captions)
     if missing:
         per_voter = ", ".join(f"{v}: {n}" for v, n in sorted(missing.items()))
         raise CoverageError(
             f"data.fusion={cfg.fusion} needs a vote from every voter on every caption, but votes "
             f"are missing in {cfg.votes} ({per_voter} captions; e.g. {', '.join(missing_examples)}). "
-            f"Produce them with: caslie vote --config configs/cqe/paper.yaml "
-            f"data.source={cfg.source} data.votes={cfg.votes}"
+            f"Produce them with: {fill_command(cfg, 'vote')}"
         )
     return out, report
+
+
+def _check_coverage(report: FusionReport, cfg: DataConfig, captions: CaptionSource) -> None:
+    """Log the image slots without a caption; refuse a split below ``data.min_caption_coverage``.
+
+    Raises:
+        CoverageError: naming the split, its coverage and the command that fills the gap.
+    """
+    coverage = report.coverage()
+    if report.stale:
+        log.warning("%d cached caption(s) were made from an image that has changed since: "
+                    "left out (caslie caption makes them again)", report.stale)  # fmt: skip
+    for split, share in coverage.items():
+        if share < 1.0:
+            log.warning("%s: %.1f%% of image slots have a caption", split, 100 * share)
+    low = {s: share for s, share in coverage.items() if share < cfg.min_caption_coverage}
+    if not low:
+        return
+    where = f"caption cache {cfg.captions}" if captions.folder else "the rows' caption_info"
+    worst = ", ".join(f"{s} {100 * v:.1f}%" for s, v in low.items())
+    fill = (f"fill it with: {fill_command(cfg, 'caption', captions.model)}" if captions.folder
+            else "caption the rows with `caslie caption` and set data.captions to its folder")  # fmt: skip
+    raise CoverageError(
+        f"data.fusion={cfg.fusion}: too few images have a caption in {where} ({worst}; "
+        f"data.min_caption_coverage={cfg.min_caption_coverage:g}"
+        + (f"; {report.stale} made from images changed since" if report.stale else "")
+        + f"); lower data.min_caption_coverage to train anyway, or {fill}"
+    )

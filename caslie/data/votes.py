@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from caslie.config import DataConfig
+from caslie.data.advice import fill_command
 from caslie.data.cache import VoteCache
 from caslie.errors import CoverageError
 
@@ -67,10 +68,9 @@ def open_votes(cfg: DataConfig, voters: Sequence[str]) -> VoteTables:
             f"data.fusion={cfg.fusion} needs votes: set data.votes to a vote cache folder "
             f"(filled by `caslie vote`), or use data.fusion=uia or none"
         )
-    cache = VoteCache(Path(cfg.votes))
+    cache = VoteCache(Path(cfg.votes), cfg.on_error)
     if not cache.folder.is_dir():
         raise CoverageError(
-            f"vote cache {cfg.votes} does not exist. Produce it with: caslie vote --config "
-            f"configs/cqe/paper.yaml data.source={cfg.source} data.votes={cfg.votes}"
+            f"vote cache {cfg.votes} does not exist. Produce it with: {fill_command(cfg, 'vote')}"
         )
     return VoteTables(cache, voters)
