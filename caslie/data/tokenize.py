@@ -15,6 +15,7 @@ and counted.
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -25,17 +26,23 @@ from caslie.errors import ConfigError
 IGNORE_INDEX = -100
 """Label value the loss ignores (prompt and padding positions)."""
 
-_SENTINEL = "\x00CASLIE_INPUT\x00"
-
 
 def split_prompt(render: Callable[[str], str]) -> tuple[str, str]:
-    """Render a prompt around a sentinel input; return the text before and after the input.
+    """Render a prompt around a placeholder input; return the text before and after the input.
+
+    The placeholder is drawn afresh until it occurs nowhere else in the rendered prompt, so no row
+    text (an instruction or options holding any fixed marker) can move the split: ``head + input
+    + tail`` is always exactly the prompt rendered with the input.
 
     Args:
         render: A function ``input_text -> prompt``.
     """
-    rendered = render(_SENTINEL)
-    head, sep, tail = rendered.partition(_SENTINEL)
+    while True:
+        placeholder = f"\x00input-{secrets.token_hex(8)}\x00"
+        rendered = render(placeholder)
+        if rendered.count(placeholder) <= 1:
+            break
+    head, sep, tail = rendered.partition(placeholder)
     if not sep:
         raise ConfigError(
             "the prompt template dropped the input text: check data.prompt_template (a chat "
