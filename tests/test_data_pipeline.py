@@ -111,3 +111,29 @@ def test_second_build_comes_from_the_cache_and_inputs_invalidate_it(
     assert second.splits["train"]["input_ids"] == first.splits["train"]["input_ids"]
     assert build_dataset(sample_config("data.fusion=uia").data, tokenizer).from_cache is False
     assert build_dataset(sample_config("data.max_length=1500").data, tokenizer).from_cache is False
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "empty", "manifest"])
+def test_a_damaged_tokenised_cache_is_rebuilt_with_a_warning(
+    sample_config, tokenizer, damage, caplog
+):
+    cfg = sample_config("data.tasks=[sa]").data
+    first = build_dataset(cfg, tokenizer)
+    expected = {s: d.to_dict()["input_ids"] for s, d in first.splits.items()}
+    path = first.path
+    del first  # its Arrow files are memory-mapped: reading them once damaged would crash
+    arrow = next(path.rglob("*.arrow"))
+    target = path / "manifest.json" if damage == "manifest" else arrow
+    data = target.read_bytes()
+    if damage == "flip":
+        target.write_bytes(
+            data[: len(data) // 2]
+            + bytes([data[len(data) // 2] ^ 0xFF])
+            + data[len(data) // 2 + 1 :]
+        )
+    else:
+        target.write_bytes(b"" if damage == "empty" else data[: len(data) // 2])
+    again = build_dataset(cfg, tokenizer)
+    assert not again.from_cache and "is damaged" in caplog.text and "rebuilding it" in caplog.text
+    assert {s: d.to_dict()["input_ids"] for s, d in again.splits.items()} == expected
+    assert build_dataset(cfg, tokenizer).from_cache  # the rebuilt cache is whole again

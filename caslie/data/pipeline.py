@@ -34,7 +34,7 @@ from caslie.prompts import render_prompt, template_adds_bos
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 """Bump when the built columns or their meaning change (invalidates old caches)."""
 
 
@@ -161,9 +161,9 @@ def build_dataset(cfg: DataConfig, tokenizer: Any, splits: list[str] | None = No
     path = Path(cfg.cache_dir) / "tokenised" / key
     if (path / "manifest.json").is_file():
         start = time.perf_counter()
-        manifest = json.loads((path / "manifest.json").read_text())
-        loaded = {s: datasets.load_from_disk(str(path / s)) for s in manifest["splits"]}
-        return BuiltData(loaded, manifest, path, True, {"load_s": time.perf_counter() - start})
+        reused = _load_built(path)
+        if reused is not None:
+            return BuiltData(*reused, path, True, {"load_s": time.perf_counter() - start})
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -231,6 +231,31 @@ def build_dataset(cfg: DataConfig, tokenizer: Any, splits: list[str] | None = No
     return BuiltData(by_split, manifest, path, False, timings)
 
 
+def _file_hashes(folder: Path) -> dict[str, str]:
+    """Content hash of every file of a saved build but its manifest."""
+    return {
+        str(p.relative_to(folder)): hashlib.blake2b(p.read_bytes(), digest_size=16).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != "manifest.json"
+    }
+
+
+def _load_built(path: Path) -> tuple[dict[str, datasets.Dataset], dict[str, Any]] | None:
+    """A saved build, or ``None`` (with a warning, the folder removed) when any of its files is
+    unreadable: a damaged cache is rebuilt, never trusted and never a dead end."""
+    try:
+        manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+        if _file_hashes(path) != manifest.pop("files"):
+            raise ValueError("its files differ from those it was saved with")
+        splits = {s: datasets.load_from_disk(str(path / s)) for s in manifest["splits"]}
+        return splits, manifest
+    except Exception as err:  # Arrow, JSON and OS errors alike mean the same: rebuild
+        log.warning("the tokenised cache %s is damaged (%s: %s); rebuilding it",
+                    path, type(err).__name__, str(err).splitlines()[0] if str(err) else "")  # fmt: skip
+        shutil.rmtree(path, ignore_errors=True)
+        return None
+
+
 class _quiet_datasets:
     """Silence ``datasets`` progress bars inside a block."""
 
@@ -251,7 +276,9 @@ def _save(by_split: dict[str, datasets.Dataset], manifest: dict, path: Path) -> 
         with _quiet_datasets():
             for split, ds in by_split.items():
                 ds.save_to_disk(str(tmp / split))
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        # The file hashes are checked at every reuse: Arrow files carry no checksum.
+        saved = manifest | {"files": _file_hashes(tmp)}
+        (tmp / "manifest.json").write_text(json.dumps(saved, indent=2))
         with contextlib.suppress(OSError):  # a concurrent build of the same key finished first
             tmp.rename(path)
     finally:
