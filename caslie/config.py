@@ -802,7 +802,7 @@ def to_dict(cfg: Config) -> dict[str, Any]:
 
 
 RESTART_KEYS = frozenset({"trainer.ckpt_path", "trainer.enable_progress_bar", "data.num_workers",
-                          "run.overwrite"})  # fmt: skip
+                          "run.overwrite", "data.allow_changed"})  # fmt: skip
 """Keys a restarted run may change without becoming another experiment."""
 
 

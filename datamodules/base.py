@@ -94,6 +94,12 @@ class CaslieDataModule(L.LightningDataModule):
         """What the data load counted (rows per task and split, skips, caption used %)."""
         raise NotImplementedError
 
+    @property
+    def data_fingerprint(self) -> dict[str, str]:
+        """A hash per input of the data (:func:`caslie.data.pipeline.fingerprint_parts`), kept in
+        every checkpoint so that a resume on changed data is caught (after ``setup``)."""
+        return dict(self.manifest.get("fingerprint_parts", {}))
+
     # ----------------------------------------------------------------------------------- shared
 
     def rank_world(self) -> tuple[int, int]:

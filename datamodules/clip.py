@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 
 from caslie.config import DataConfig
 from caslie.data.clip import CLIPRows, collate_clip, label_index
+from caslie.data.pipeline import fingerprint_parts
 from caslie.data.records import LoadReport, default_image_root, load_records
 from caslie.images import ImageLimits
 from caslie.record import Record
@@ -44,6 +45,7 @@ class CLIPDataModule(CaslieDataModule):
         self.by_split: dict[str, list[Record]] | None = None
         self.label_index: dict[str, dict[str, int]] = {}
         self.report: LoadReport | None = None
+        self.fingerprint_parts: dict[str, str] = {}
         self.root = Path(cfg.image_root) if cfg.image_root else default_image_root(cfg.source)
 
     def setup(self, stage: str | None = None) -> None:
@@ -57,6 +59,9 @@ class CLIPDataModule(CaslieDataModule):
                 by_split.setdefault(r.split, []).append(r)
             self.by_split = by_split
             self.label_index = label_index(records)
+            self.fingerprint_parts = fingerprint_parts(
+                self.cfg, None, [self.cfg.train_split, *self.cfg.eval_splits]
+            )
         self.check_eval_splits()
 
     def _rows(self) -> dict[str, list[Record]]:
@@ -75,7 +80,8 @@ class CLIPDataModule(CaslieDataModule):
     def manifest(self) -> dict[str, Any]:
         rows = Counter(f"{r.task}/{split}" for split, recs in self._rows().items() for r in recs)
         skipped = dict(self.report.skipped) if self.report is not None else {}
-        return {"rows": dict(sorted(rows.items())), "caption_used_pct": {}, "skipped": skipped}
+        return {"rows": dict(sorted(rows.items())), "caption_used_pct": {}, "skipped": skipped,
+                "fingerprint_parts": self.fingerprint_parts}  # fmt: skip
 
     def make_loader(self, split: str, batch_size: int, stage: str) -> DataLoader:
         records = self._rows()[split]

@@ -86,34 +86,47 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return h.hexdigest()
 
 
-def fingerprint(
-    cfg: DataConfig, tokenizer: Any, splits: list[str], context_length: int | None = None
-) -> str:
-    """Key of a build: every input that changes the tokenised output."""
+UNRELATED_FIELDS = ("num_workers", "group_by_length", "pad_to_multiple_of", "cache_dir", "image_root",
+                    "image_size", "allow_private_urls", "min_caption_coverage", "allow_changed")  # fmt: skip
+"""``data.*`` keys that do not change the tokenised examples."""
+
+PART_NAMES = {"config": "the data.* settings", "source": "the rows (data.source)",
+              "captions": "the caption cache", "votes": "the vote cache",
+              "tokenizer": "the tokenizer", "splits": "the splits", "context_length": "the context length"}  # fmt: skip
+"""What each fingerprint part covers, in messages."""
+
+
+def _short_hash(value: Any) -> str:
+    blob = json.dumps(value, sort_keys=True, default=str).encode()
+    return hashlib.blake2b(blob, digest_size=8).hexdigest()
+
+
+def fingerprint_parts(cfg: DataConfig, tokenizer: Any, splits: list[str],
+                      context_length: int | None = None) -> dict[str, str]:  # fmt: skip
+    """A hash per input that changes the tokenised output (see :data:`PART_NAMES`); checkpoints
+    keep them so a resume can say which input changed."""
     fields = asdict(cfg)
-    for unrelated in (
-        "num_workers",
-        "group_by_length",
-        "pad_to_multiple_of",
-        "cache_dir",
-        "image_root",
-        "image_size",
-    ):
+    for unrelated in UNRELATED_FIELDS:
         fields.pop(unrelated)
     state = {
-        "version": FORMAT_VERSION,
-        "config": fields,
+        "config": [FORMAT_VERSION, fields],
         "splits": sorted(splits),
         "source": _source_state(cfg.source),
         "captions": folder_state(cfg.caption_cache) if cfg.caption_cache else None,
         "votes": {v: folder_state(Path(cfg.votes) / v) for v in cfg.fusion_voters}
         if cfg.votes
         else None,
-        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "tokenizer": tokenizer_fingerprint(tokenizer) if tokenizer is not None else None,
         "context_length": context_length,
     }
-    blob = json.dumps(state, sort_keys=True, default=str).encode()
-    return hashlib.blake2b(blob, digest_size=10).hexdigest()
+    return {name: _short_hash(value) for name, value in state.items()}
+
+
+def changed_parts(saved: dict[str, str], now: dict[str, str]) -> list[str]:
+    """What differs between two :func:`fingerprint_parts`, in words."""
+    return [
+        PART_NAMES.get(k, k) for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)
+    ]
 
 
 def _columns(examples: list[FusedExample], cfg: DataConfig, tokenizer: Any) -> dict[str, list]:
@@ -157,7 +170,8 @@ def build_dataset(cfg: DataConfig, tokenizer: Any, splits: list[str] | None = No
             cannot fit ``max_length`` even trimmed under ``on_error=raise``.
     """
     splits = splits or [cfg.train_split, *cfg.eval_splits]
-    key = fingerprint(cfg, tokenizer, splits, context_length)
+    parts = fingerprint_parts(cfg, tokenizer, splits, context_length)
+    key = _short_hash(parts)
     path = Path(cfg.cache_dir) / "tokenised" / key
     if (path / "manifest.json").is_file():
         start = time.perf_counter()
@@ -213,6 +227,7 @@ def build_dataset(cfg: DataConfig, tokenizer: Any, splits: list[str] | None = No
     by_split = {s: d for s, d in by_split.items() if len(d)}
     manifest = {
         "fingerprint": key,
+        "fingerprint_parts": parts,
         "source": cfg.source,
         "fusion": cfg.fusion,
         "splits": sorted(by_split),

@@ -26,9 +26,12 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from torch.distributed.fsdp import FullyShardedDataParallel
 
 from caslie.config import Config
+from caslie.data.pipeline import changed_parts
+from caslie.errors import CheckpointError
 from caslie.evaluation import PRIMARY_MEAN, gather_rows, score_rows
 from caslie.optim import adamw_with_schedule
 from caslie.resume import rank_rng_state, rng_state, rng_states_of_all_ranks, set_rng_state
@@ -89,17 +92,45 @@ class CaslieModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["state_dict"] = self.keep_in_checkpoint(checkpoint["state_dict"])
         rerun = bool(checkpoint.get("caslie", {}).get("rerun_validation"))  # set by ResumePoint
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
         checkpoint["caslie"] = (
             self.resume_state(rerun)
-            | {"rerun_validation": rerun, "wandb_run_id": self.wandb_run_id}
+            | {
+                "rerun_validation": rerun,
+                "wandb_run_id": self.wandb_run_id,
+                "data": getattr(datamodule, "data_fingerprint", {}),
+            }  # fmt: skip
             | self.checkpoint_meta()
         )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.check_checkpoint(checkpoint)
         meta = checkpoint.get("caslie", {})
+        if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
+            self.check_same_data(meta.get("data") or {})
         self.wandb_run_id = meta.get("wandb_run_id")
         self.restore_resume_state(meta)
+
+    def check_same_data(self, saved: dict[str, str]) -> None:
+        """Refuse to resume training on data other than the checkpoint's, unless
+        ``data.allow_changed`` (then say what changed and go on).
+
+        Raises:
+            CheckpointError: naming what changed (rows, caches, settings or tokenizer).
+        """
+        now = getattr(self.trainer.datamodule, "data_fingerprint", {})
+        changed = changed_parts(saved, now) if saved and now else []
+        if not changed:
+            return
+        what = ", ".join(changed)
+        if self.cfg.data.allow_changed:
+            log.warning("resuming on changed data (%s), as data.allow_changed asks", what)
+            return
+        raise CheckpointError(
+            f"the data changed since this run's checkpoint was saved ({what}); resuming would "
+            f"continue on other data. Restore it, start over with run.overwrite=true, or resume "
+            f"anyway with --resume data.allow_changed=true"
+        )
 
     # ------------------------------------------------------------------------------ exact resume
 
