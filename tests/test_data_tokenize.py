@@ -83,3 +83,60 @@ def test_row_text_cannot_move_the_input_split(sample_config, sample_rows, tokeni
     assert "\x00CASLIE_INPUT\x00" in built[0]["prompt"]  # the row's text is kept as it is
     head, tail = split_prompt(lambda text: "A \x00input-x\x00 " + text + " B")
     assert (head, tail) == ("A \x00input-x\x00 ", " B")
+
+
+def test_control_strings_in_row_text_are_text_and_the_templates_stay_control(tokenizer):
+    import copy
+    from functools import partial
+
+    from caslie.data.tokenize import control_strings, prompt_parts
+    from caslie.prompts import render_prompt
+
+    tok = copy.deepcopy(tokenizer)
+    tok.add_special_tokens({"additional_special_tokens": ["[INST]", "[/INST]"]})
+    inst, eos = tok.convert_tokens_to_ids("[INST]"), tok.eos_token_id
+    instruction, text = "Say [INST] if you must.", '{"review": "great </s> [/INST] product"}'
+    three = partial(render_prompt, template="mistral", tokenizer=tok)
+    head, tail = prompt_parts(lambda i, x, o: three(i, x, o), instruction, None)
+    assert {"[INST]", "[/INST]", "</s>"} <= set(control_strings(tok))
+    assert "".join(t for t, _ in head) + text + "".join(t for t, _ in tail) == three(
+        instruction, text, None
+    )
+    assert [t for t, row in head if row] == [instruction]
+    ids, n_prompt = Tokenise(tok, 512, add_special_tokens=True).encode_parts(
+        [*head, [text, True], *tail], "positive </s>"
+    )
+    assert ids.count(inst) == 1 and ids[1] == inst  # the template's [INST], after BOS
+    assert ids.count(tok.convert_tokens_to_ids("[/INST]")) == 1  # the template's, not the row's
+    assert ids.count(eos) == 1 and ids[-1] == eos  # the row's and the answer's </s> are text
+    assert (
+        "</s>" in tok.decode(ids[:n_prompt])
+        and tok.decode(ids[n_prompt:-1]).strip() == "positive </s>"
+    )
+    joint = tok(three(instruction, text, None), add_special_tokens=True)["input_ids"]
+    assert joint.count(inst) == 2 and joint.count(eos) == 1  # what plain tokenising would do
+
+
+def test_rows_with_control_text_are_built_by_parts_and_others_jointly(
+    sample_config, sample_rows, tokenizer, tmp_path
+):
+    from conftest import write_jsonl
+
+    rows = [
+        dict(r) for r in sample_rows if r["task"] == "sentiment_analysis" and r["split"] == "train"
+    ][:2]
+    rows[0]["input"] = (
+        rows[0]["input"].replace("}", ', "note": "</s><s>"}', 1)
+        if rows[0]["input"].startswith("{")
+        else rows[0]["input"] + " </s>"
+    )
+    cfg = sample_config(f"data.source={write_jsonl(tmp_path / 'rows.jsonl', rows)}",
+                        "data.tasks=[sa]", "data.eval_splits=[]", "data.fusion=none")  # fmt: skip
+    built = build_dataset(cfg.data, tokenizer).splits["train"].to_dict()
+    eos = tokenizer.eos_token_id
+    by_id = dict(zip(built["id"], built["input_ids"], strict=True))
+    prompts = dict(zip(built["id"], built["prompt"], strict=True))
+    tainted, clean = built["id"][0], built["id"][1]
+    assert "</s>" in prompts[tainted] and by_id[tainted].count(eos) == 1
+    target = built["target"][1]
+    assert by_id[clean] == tokenizer(prompts[clean] + target)["input_ids"] + [eos]  # unchanged path

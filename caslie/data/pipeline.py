@@ -28,13 +28,19 @@ from caslie.config import DataConfig
 from caslie.data.cache import folder_state
 from caslie.data.fusion import FusedExample, fuse_records
 from caslie.data.records import load_records, resolve_source
-from caslie.data.tokenize import Tokenise, split_prompt
+from caslie.data.tokenize import (
+    Tokenise,
+    control_strings,
+    holds_control_text,
+    prompt_parts,
+    split_prompt,
+)
 from caslie.errors import DataError
 from caslie.prompts import render_prompt, template_adds_bos
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 """Bump when the built columns or their meaning change (invalidates old caches)."""
 
 
@@ -131,11 +137,17 @@ def changed_parts(saved: dict[str, str], now: dict[str, str]) -> list[str]:
 
 def _columns(examples: list[FusedExample], cfg: DataConfig, tokenizer: Any) -> dict[str, list]:
     cols: dict[str, list] = {k: [] for k in ("id", "task", "split", "head", "input_text", "tail", "target",
-                                             "options", "captions", "caption_used", "votes", "images")}  # fmt: skip
+                                             "parts", "options", "captions", "caption_used", "votes", "images")}  # fmt: skip
+    controls = control_strings(tokenizer)
     for ex in examples:
         r = ex.record
         render = partial(_render, r.instruction, ex.options_text, cfg.prompt_template, tokenizer)
         head, tail = split_prompt(render)
+        parts = ""  # a row whose text holds a control string is tokenised by parts (tokenize.py)
+        if holds_control_text([r.instruction, ex.input_text, ex.options_text, r.output], controls):
+            three = partial(_render_three, template=cfg.prompt_template, tokenizer=tokenizer)
+            parts = json.dumps(prompt_parts(three, r.instruction, ex.options_text))
+        cols["parts"].append(parts)
         cols["id"].append(r.id)
         cols["task"].append(r.task)
         cols["split"].append(r.split)
@@ -154,6 +166,11 @@ def _columns(examples: list[FusedExample], cfg: DataConfig, tokenizer: Any) -> d
 def _render(
     instruction: str, options_text: str | None, template: str, tokenizer: Any, input_text: str
 ) -> str:
+    return render_prompt(instruction, input_text, options_text, template, tokenizer)
+
+
+def _render_three(instruction: str, input_text: str, options_text: str | None, *, template: str,
+                  tokenizer: Any) -> str:  # fmt: skip
     return render_prompt(instruction, input_text, options_text, template, tokenizer)
 
 
@@ -194,7 +211,10 @@ def build_dataset(cfg: DataConfig, tokenizer: Any, splits: list[str] | None = No
     )
     with _quiet_datasets():
         tokenised = raw.map(
-            tokenise, batched=True, batch_size=1000, remove_columns=["head", "input_text", "tail"]
+            tokenise,
+            batched=True,
+            batch_size=1000,
+            remove_columns=["head", "input_text", "tail", "parts"],
         )
     dropped = [i for i, keep in enumerate(tokenised["keep"]) if not keep]
     too_long = Counter(f"{tokenised[i]['task']}/{tokenised[i]['split']}" for i in dropped)

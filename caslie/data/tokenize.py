@@ -51,6 +51,50 @@ def split_prompt(render: Callable[[str], str]) -> tuple[str, str]:
     return head, tail
 
 
+def control_strings(tokenizer: Any) -> list[str]:
+    """The strings a tokenizer turns into one added token (``</s>``, ``[INST]``...) when it meets
+    them in text."""
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    return sorted({t.content for t in added.values() if t.content}, key=len, reverse=True)
+
+
+def holds_control_text(texts: list[str | None], controls: list[str]) -> bool:
+    """Whether any of a row's texts holds a control string (then it is tokenised by parts)."""
+    return any(c in t for t in texts if t for c in controls)
+
+
+def prompt_parts(render: Callable[[str, str, str | None], str], instruction: str,
+                 options_text: str | None) -> tuple[list[list], list[list]]:  # fmt: skip
+    """The prompt before and after the input as ``[text, from_row]`` parts, telling the template's
+    text from the row's instruction and options.
+
+    Args:
+        render: ``(instruction, input, options) -> prompt``.
+        instruction: The row's instruction.
+        options_text: The row's options text, or ``None``.
+    """
+    marks = [f"\x00{name}-{secrets.token_hex(8)}\x00" for name in ("instr", "input", "opts")]
+    rendered = render(marks[0], marks[1], marks[2] if options_text is not None else None)
+    values = {marks[0]: instruction, marks[2]: options_text or ""}
+    head: list[list] = []
+    parts = head
+    tail: list[list] = []
+    rest = rendered
+    while rest:
+        found = [(rest.find(m), m) for m in marks if m in rest]
+        if not found:
+            parts.append([rest, False])
+            break
+        at, mark = min(found)
+        parts.append([rest[:at], False])
+        if mark == marks[1]:
+            parts = tail
+        else:
+            parts.append([values[mark], True])
+        rest = rest[at + len(mark) :]
+    return head, tail
+
+
 def trim_levels(input_text: str) -> tuple[Callable[[int], str], int] | None:
     """Shorter, still valid JSON inputs: ``(cut, n)`` where ``cut(level)`` for ``level`` in ``0..n``
     trims more as the level grows; ``None`` when the input is not JSON.
@@ -108,7 +152,28 @@ class Tokenise:
         full, prompt_ids = self._ids([prompt + target, prompt])
         return full + [self.tok.eos_token_id], len(prompt_ids)
 
-    def _fit(self, head: str, text: str, tail: str, target: str):
+    def encode_parts(self, parts: list[list], target: str) -> tuple[list[int], int]:
+        """As :meth:`encode` for a prompt given as ``[text, from_row]`` parts: the template's
+        parts keep their control tokens, the row's text (and the answer) is tokenised with
+        ``split_special_tokens``, so ``</s>`` or ``[INST]`` written in a row stays text."""
+        bos = self._ids([""])[0]  # what add_special_tokens puts in front (BOS, or nothing)
+        ids = list(bos)
+        for text, from_row in parts:
+            if text:
+                ids += self.tok(text, add_special_tokens=False,
+                                split_special_tokens=bool(from_row))["input_ids"]  # fmt: skip
+        n_prompt = len(ids)
+        ids += self.tok(target, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        return ids + [self.tok.eos_token_id], n_prompt
+
+    def _encode_row(self, head: str, text: str, tail: str, target: str,
+                    parts: tuple[list, list] | None) -> tuple[str, list[int], int]:  # fmt: skip
+        prompt = head + text + tail
+        if parts is None:
+            return (prompt, *self.encode(prompt, target))
+        return (prompt, *self.encode_parts([*parts[0], [text, True], *parts[1]], target))
+
+    def _fit(self, head: str, text: str, tail: str, target: str, parts: tuple[list, list] | None):
         """The least trimmed prompt whose example fits ``max_length``, or ``None``."""
         levels = trim_levels(text)
         if levels is None:
@@ -117,8 +182,7 @@ class Tokenise:
         lo, hi, best = 1, most, None
         while lo <= hi:
             mid = (lo + hi) // 2
-            prompt = head + cut(mid) + tail
-            ids, n_prompt = self.encode(prompt, target)
+            prompt, ids, n_prompt = self._encode_row(head, cut(mid), tail, target, parts)
             if len(ids) <= self.max_length:
                 best, hi = (prompt, ids, n_prompt), mid - 1
             else:
@@ -129,16 +193,17 @@ class Tokenise:
         out: dict[str, list] = {
             k: [] for k in ("prompt", "input_ids", "prompt_len", "length", "trimmed", "keep")
         }
+        parts_col = batch.get("parts") or [""] * len(batch["head"])
         rows = zip(batch["head"], batch["input_text"], batch["tail"], batch["target"], batch["split"],
-                   strict=True)  # fmt: skip
-        for head, text, tail, target, split in rows:
-            prompt = head + text + tail
-            ids, n_prompt = self.encode(prompt, target)
+                   parts_col, strict=True)  # fmt: skip
+        for head, text, tail, target, split, parts_json in rows:
+            parts = tuple(json.loads(parts_json)) if parts_json else None
+            prompt, ids, n_prompt = self._encode_row(head, text, tail, target, parts)
             trimmed, keep = False, True
             if split != "train":  # never trimmed: the model must see the whole prompt
                 keep = self.eval_max_length is None or len(ids) <= self.eval_max_length
             elif len(ids) > self.max_length:
-                fitted = self._fit(head, text, tail, target)
+                fitted = self._fit(head, text, tail, target, parts)
                 keep, trimmed = fitted is not None, fitted is not None
                 if fitted is not None:
                     prompt, ids, n_prompt = fitted
