@@ -249,8 +249,9 @@ def run_caption(cfg: Config, tasks: list[str] | None = None, splits: list[str] |
     rank, world = rank_world()
     cc, root = cfg.caption, Path(cfg.data.image_root or default_image_root(cfg.data.source))
     limits = ImageLimits(
-        cc.fetch_timeout_s, cc.fetch_retries, cc.max_image_bytes, cc.max_image_pixels, cc.image_size
-    )
+        cc.fetch_timeout_s, cc.fetch_retries, cc.max_image_bytes, cc.max_image_pixels,
+        cc.image_size, allow_private=cfg.data.allow_private_urls,
+    )  # fmt: skip
     cache = CaptionCache(cfg.data.caption_cache, cfg.data.on_error)
     cached = cache.load(model=cc.model) if cache.folder.is_dir() else {}
     records = select_records(cfg, tasks, splits, limit)

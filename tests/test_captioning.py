@@ -74,7 +74,13 @@ def test_caption_fills_the_cache_and_a_rerun_skips_everything(tmp_path):
     assert again.total == 0 and again.skipped == first.total
 
 
-def test_bad_images_are_recorded_as_na_and_retried_on_request(tmp_path, sample_rows):
+@pytest.mark.parametrize(
+    ("allow_private", "url_reason"),
+    [("true", "cannot fetch"), ("false", "resolves to 127.0.0.1, a loopback address: refused")],
+)
+def test_bad_images_are_recorded_as_na_and_retried_on_request(
+    tmp_path, sample_rows, allow_private, url_reason
+):
     rows = [
         dict(r) for r in sample_rows if r["task"] == "sentiment_analysis" and r["split"] == "train"
     ][:4]
@@ -83,8 +89,9 @@ def test_bad_images_are_recorded_as_na_and_retried_on_request(tmp_path, sample_r
     data = write_jsonl(tmp_path / "rows" / "rows.jsonl", rows)
     shutil.copytree(REPO / "data/sample/images", tmp_path / "rows" / "images")
     cfg = _cfg(
-        tmp_path, f"data.source={data}", "caption.fetch_retries=0", "caption.fetch_timeout_s=1"
-    )
+        tmp_path, f"data.source={data}", "caption.fetch_retries=0", "caption.fetch_timeout_s=1",
+        f"data.allow_private_urls={allow_private}",
+    )  # fmt: skip
     summary = run_caption(cfg)
     assert (summary.done, summary.failed) == (2, 2)
     entries = CaptionCache(cfg.data.captions).load(model="tiny:llava")
@@ -93,7 +100,7 @@ def test_bad_images_are_recorded_as_na_and_retried_on_request(tmp_path, sample_r
         failed["../../secret.png"]["caption"] == "NA"
         and "outside the data root" in failed["../../secret.png"]["reason"]
     )
-    assert "cannot fetch" in failed["http://127.0.0.1:9/gone.png"]["reason"]
+    assert url_reason in failed["http://127.0.0.1:9/gone.png"]["reason"]
     assert run_caption(cfg).total == 0  # failures are not retried by default
     assert run_caption(cfg, retry_failed=True).total == 2
 
