@@ -87,9 +87,8 @@ class CLIPDataModule(CaslieDataModule):
         records = self._rows()[split]
         sampler = self.batch_sampler([1] * len(records), batch_size, shuffle=stage == "train",
                                      group_by_length=False)  # fmt: skip
-        dataset = CLIPRows(
-            records, self.image_processor, self.root, ImageLimits(size=self.cfg.image_size)
-        )
+        limits = ImageLimits(size=self.cfg.image_size, allow_private=self.cfg.allow_private_urls)
+        dataset = CLIPRows(records, self.image_processor, self.root, limits)
         collate = partial(collate_clip, tokenizer=self.tokenizer, label_index=self.label_index,
                           max_tokens=self.max_tokens)  # fmt: skip
         return self.loader(dataset, sampler, collate, self.cfg.num_workers)
