@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import pickle
@@ -16,9 +17,23 @@ from caslie.errors import CheckpointError, MissingPathError
 log = logging.getLogger(__name__)
 
 
+CHECKSUM_SUFFIX = ".blake2"
+"""A checkpoint ``x.ckpt`` has its content hash in ``x.ckpt.blake2``: torch's format carries no
+checksum, so bytes flipped inside a tensor would otherwise load without complaint."""
+
+
+def _checksum(path: Path) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Saves to ``<name>.tmp`` and renames, so a kill never leaves a truncated checkpoint; loads
-    with ``weights_only=True`` whatever the caller asks, so no checkpoint runs code."""
+    """Saves to ``<name>.tmp`` and renames, so a kill never leaves a truncated checkpoint, with
+    a checksum beside it (:data:`CHECKSUM_SUFFIX`); loads with ``weights_only=True`` whatever the
+    caller asks, so no checkpoint runs code, and refuses one that fails its checksum."""
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: Any = None) -> Any:
         return _load(Path(path))
@@ -30,7 +45,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         torch.save(checkpoint, tmp)
+        # A kill between the two renames leaves a checkpoint and a checksum that disagree: it
+        # is then refused as damaged and the resume falls back to another one, never trusted.
+        side = path.with_name(path.name + CHECKSUM_SUFFIX)
+        side_tmp = side.with_name(side.name + ".tmp")
+        side_tmp.write_text(_checksum(tmp) + "\n", encoding="ascii")
         os.replace(tmp, path)
+        os.replace(side_tmp, side)
+
+    def remove_checkpoint(self, path: Any) -> None:
+        super().remove_checkpoint(path)
+        Path(str(path) + CHECKSUM_SUFFIX).unlink(missing_ok=True)
 
 
 def checkpoint_path(run_dir: Path, which: str) -> Path:
@@ -50,6 +75,11 @@ def _load(path: Path) -> Any:
     Raises:
         CheckpointError: the file cannot be read that way.
     """
+    side = path.with_name(path.name + CHECKSUM_SUFFIX)
+    if side.is_file():
+        saved = side.read_bytes().decode("ascii", "replace").strip()
+        if not path.is_file() or saved != _checksum(path):
+            raise CheckpointError(f"{path} is damaged (it does not match its checksum {side.name})")
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError:

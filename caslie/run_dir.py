@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import yaml
 from lightning.pytorch.utilities import rank_zero_only
 
 from caslie.cluster import restarted_by_slurm
@@ -97,7 +98,7 @@ def check_config(cfg: Config, run_dir: str | Path) -> None:
     path = run_dir / "config.yaml"
     if not path.exists():
         return
-    diff = changed_keys(path.read_text(encoding="utf-8"), to_yaml(cfg))
+    diff = changed_keys(_saved_config(path), to_yaml(cfg))
     if diff and not has_checkpoints(run_dir):
         log.warning("run folder %s holds no checkpoint yet: its config is replaced (changed: %s)",
                     run_dir, ", ".join(diff[:8]))  # fmt: skip
@@ -106,6 +107,27 @@ def check_config(cfg: Config, run_dir: str | Path) -> None:
             f"run folder {run_dir} already holds a different config (changed: "
             f"{', '.join(diff[:8])}); choose another run.name, or run.overwrite=true to start over"
         )
+
+
+def _saved_config(path: Path) -> str:
+    """The text of a run's saved ``config.yaml``.
+
+    Raises:
+        ConfigError: the file is damaged (not UTF-8, not YAML, or not a mapping), naming it.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+        parsed = yaml.safe_load(text)
+    except (UnicodeDecodeError, yaml.YAMLError) as err:
+        problem = str(err).splitlines()[0]
+    else:
+        if isinstance(parsed, dict) and parsed:
+            return text
+        problem = "empty" if not text.strip() else "not a mapping of settings"
+    raise ConfigError(
+        f"{path} is damaged ({problem}): restore it, or delete it to resume with the config "
+        f"given now (the checkpoints are kept)"
+    )
 
 
 def save_config(cfg: Config, run_dir: str | Path, allow_change: bool = False) -> Path:
@@ -188,13 +210,22 @@ def resolve_run_name(cfg: Config, environ: Mapping[str, str] = os.environ) -> st
     return name
 
 
+_RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""What a W&B run id may hold."""
+
+
 def wandb_run_id(run_dir: Path, resuming: bool, environ: Mapping[str, str] = os.environ) -> str:
     """The W&B run id of this run: the agent's inside a sweep, the saved one when resuming, else a
     new one; rank zero saves it in the run folder."""
     path = run_dir / WANDB_ID_FILE
     run_id = sweep_run_id(environ)
     if run_id is None and resuming and path.is_file():
-        run_id = path.read_text().strip()
+        run_id = path.read_bytes().decode("utf-8", "replace").strip()
+        if not _RUN_ID.fullmatch(run_id):
+            log.warning(
+                "%s is damaged (%r): this run continues in a new W&B run", path, run_id[:40]
+            )
+            run_id = None
     if run_id is None:
         run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
     if is_rank_zero():

@@ -91,8 +91,29 @@ def test_resume_refuses_planted_checkpoints_in_one_line_and_runs_nothing(tmp_pat
     assert "would run code" in lines[0] and "hpc_ckpt_3.ckpt" in lines[0]
     assert "weights_only=False" not in out.stderr
     assert not marker.exists() and not (tmp_path / "cache").exists()  # nothing ran, nothing built
-    assert sorted(p.name for p in run_dir.rglob("*")) == [
+    assert sorted(p.name for p in run_dir.rglob("*") if p.name != ".lock") == [
         "checkpoints",
         "hpc_ckpt_3.ckpt",
         "last.ckpt",
     ]
+
+
+def test_a_checkpoint_that_fails_its_checksum_is_refused_and_the_resume_falls_back(tmp_path):
+    from caslie.checkpoints import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO()
+    ckpts = tmp_path / "checkpoints"
+    for name, step in (("best.ckpt", 4), ("last.ckpt", 8)):
+        io.save_checkpoint(
+            {"global_step": step, "loops": {}, "state_dict": {"w": torch.ones(64)}}, ckpts / name
+        )
+    assert (ckpts / "last.ckpt.blake2").is_file()
+    assert io.load_checkpoint(ckpts / "last.ckpt")["global_step"] == 8
+    data = bytearray((ckpts / "last.ckpt").read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside the tensor bytes: torch alone would load it
+    (ckpts / "last.ckpt").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="does not match its checksum"):
+        io.load_checkpoint(ckpts / "last.ckpt")
+    assert resolve_ckpt("last", tmp_path) == str(ckpts / "best.ckpt")
+    io.remove_checkpoint(ckpts / "best.ckpt")
+    assert not (ckpts / "best.ckpt.blake2").exists()

@@ -86,8 +86,6 @@ def test_a_truncated_or_empty_last_ckpt_falls_back_to_best_and_ends_as_the_clean
     _falls_back_to_best(capsys, root, clean_run.kept / "runs/f")
 
 
-@pytest.mark.xfail(strict=True, reason="bytes flipped inside last.ckpt's tensor data load without "
-                   "complaint (no checksum): the run resumes from damaged weights")  # fmt: skip
 def test_a_last_ckpt_with_flipped_bytes_falls_back_to_best(capsys, clean_run, crashed_run):
     root = crashed_run.restore()
     DAMAGES["flipped"](root / "runs/f/checkpoints/last.ckpt")
@@ -124,8 +122,6 @@ def test_a_truncated_wandb_run_id_resumes(capsys, clean_run, crashed_run):
     _resume_or_refuse(capsys, root, clean_run.kept / "runs/f", "wandb_run_id")
 
 
-@pytest.mark.xfail(strict=True, reason="run_dir.wandb_run_id: an empty file is wandb's 'Run ID "
-                   "cannot be empty' traceback, a flipped one a UnicodeDecodeError traceback")  # fmt: skip
 @pytest.mark.parametrize("damage", ["empty", "flipped"])
 def test_an_empty_or_flipped_wandb_run_id_resumes_or_is_one_line(
     capsys, clean_run, crashed_run, damage
@@ -135,10 +131,6 @@ def test_an_empty_or_flipped_wandb_run_id_resumes_or_is_one_line(
     _resume_or_refuse(capsys, root, clean_run.kept / "runs/f", "wandb_run_id")
 
 
-@pytest.mark.xfail(strict=True, reason="run_dir.check_config: a truncated config.yaml is a yaml "
-                   "ScannerError traceback, a flipped one a UnicodeDecodeError traceback, an empty one "
-                   "'already holds a different config' (not naming the damaged file; its advice "
-                   "run.overwrite=true throws the checkpoints away)")  # fmt: skip
 @pytest.mark.parametrize("damage", sorted(DAMAGES))
 def test_a_damaged_config_yaml_resumes_or_is_refused_naming_it(
     capsys,
