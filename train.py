@@ -37,6 +37,7 @@ from caslie.csv_log import RunCSVLogger
 from caslie.data.records import default_image_root
 from caslie.errors import EXIT_USER_ERROR, CaslieError, ConfigError
 from caslie.evaluation import PRIMARY_MEAN
+from caslie.images import ImageLimits
 from caslie.models.fashionclip import FashionCLIPModule
 from caslie.models.lora import LoRAInstructModule
 from caslie.pretrained import (
@@ -295,7 +296,9 @@ def _run_locked(cfg: Config, run_dir: Path, callbacks: list | None) -> RunResult
     image_root = (
         Path(cfg.data.image_root) if cfg.data.image_root else default_image_root(cfg.data.source)
     )
-    report = EvalReport(run_dir, image_root, cfg.logger.wandb.log_predictions, run_identity(cfg))
+    limits = ImageLimits(size=cfg.data.image_size, allow_private=cfg.data.allow_private_urls)
+    report = EvalReport(run_dir, image_root, cfg.logger.wandb.log_predictions, run_identity(cfg),
+                        limits)  # fmt: skip
     loggers: list = [RunCSVLogger(str(run_dir), name="csv", version="")]
     trainer = build_trainer(
         cfg,

@@ -11,6 +11,7 @@ import lightning as L
 from lightning.pytorch.loggers import WandbLogger
 
 from caslie.evaluation import PRIMARY_MEAN, format_table, write_predictions
+from caslie.images import ImageError, ImageLimits, load_image
 from caslie.run_dir import write_atomic
 
 log = logging.getLogger(__name__)
@@ -19,19 +20,25 @@ log = logging.getLogger(__name__)
 class EvalReport(L.Callback):
     """Writes ``predictions/<split>.jsonl`` and ``metrics.json`` and logs W&B tables (rank zero).
 
-    The caption used % comes from the datamodule's manifest.
+    The caption used % comes from the datamodule's manifest. Table images are read through
+    :func:`caslie.images.load_image`, the loader the data uses: a path outside ``image_root``, a
+    refused URL, a decompression bomb or a corrupt file is a missing image in the table (one
+    warning counts them), never a copied file or a crash at the end of a finished run.
 
     Args:
         run_dir: The run folder.
         image_root: Folder relative image paths resolve against (for W&B images).
         n_table_rows: Rows per split in the W&B predictions table (0: no table).
         identity: What the run is (model, fusion, voters...), written into ``metrics.json``.
+        image_limits: How table images are fetched and sized (``data.allow_private_urls``...).
     """
 
     def __init__(self, run_dir: Path, image_root: Path, n_table_rows: int = 64,
-                 identity: dict[str, Any] | None = None):  # fmt: skip
+                 identity: dict[str, Any] | None = None,
+                 image_limits: ImageLimits | None = None):  # fmt: skip
         self.run_dir, self.image_root, self.n_table_rows = run_dir, image_root, n_table_rows
-        self.identity = identity or {}
+        self.identity, self.image_limits = identity or {}, image_limits or ImageLimits()
+        self.images_refused: list[str] = []  # why each table image was left out
         self.data_manifest: dict[str, Any] = {}
         self.table = ""
 
@@ -60,8 +67,12 @@ class EvalReport(L.Callback):
     def _image(self, ref: str) -> Any:
         import wandb
 
-        path = Path(ref) if Path(ref).is_absolute() else self.image_root / ref
-        return wandb.Image(str(path)) if path.is_file() else None
+        try:
+            image = load_image(ref, self.image_root, self.image_limits)
+        except ImageError as err:
+            self.images_refused.append(str(err))
+            return None
+        return wandb.Image(image)  # the decoded pixels, never the file at the path
 
     def _log_wandb(self, logger: WandbLogger, metrics: dict, rows: list[dict]) -> None:
         import wandb
@@ -74,6 +85,7 @@ class EvalReport(L.Callback):
             columns = ["split", "id", "task", "image", "captions", "caption_used", "votes",
                        "prompt", "generated", "parsed", "gold", "correct"]  # fmt: skip
             table = wandb.Table(columns=columns)
+            self.images_refused = []
             for split in metrics:
                 for row in [r for r in rows if r["split"] == split][: self.n_table_rows]:
                     table.add_data(
@@ -83,6 +95,9 @@ class EvalReport(L.Callback):
                         json.dumps(row["votes"]), row["prompt"], row["generated"],
                         row["parsed"], row["gold"], row["correct"],
                     )  # fmt: skip
+            if self.images_refused:
+                log.warning("W&B predictions table: %d image(s) left out, first: %s",
+                            len(self.images_refused), self.images_refused[0])  # fmt: skip
             run.log({"predictions": table})  # its images travel in the run_table artifact
         plots = {}
         for split, per_task in metrics.items():
