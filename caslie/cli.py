@@ -12,8 +12,8 @@ from pathlib import Path
 from caslie.config import SPLITS, Config, load_config
 from caslie.console import setup_logging
 from caslie.data.fusion import fuse_records
-from caslie.data.records import load_records
-from caslie.errors import EXIT_USER_ERROR, CaslieError, ConfigError, MissingPathError
+from caslie.data.records import SHOWN_SKIPS, load_records
+from caslie.errors import EXIT_USER_ERROR, CaslieError, ConfigError, DataError, MissingPathError
 from caslie.parsing import PARSERS
 from caslie.prompts import render_prompt
 
@@ -31,12 +31,20 @@ def _tokenizer_for(cfg: Config):
     return tokenizer_for(cfg.model)
 
 
-def inspect(cfg: Config, split: str, n: int, fmt: str, out=sys.stdout) -> int:
+def inspect(cfg: Config, split: str, n: int, fmt: str, out=None) -> int:
     """Print the exact prompts the model will see for ``n`` rows per task of ``split``.
+
+    Args:
+        cfg: The run config.
+        split: The canonical split to show.
+        n: Rows per task.
+        fmt: ``text`` or ``jsonl``.
+        out: Where to print (default: the ``sys.stdout`` of the call, not of the import).
 
     Returns:
         The number of prompts printed.
     """
+    out = out if out is not None else sys.stdout
     records, report = load_records(cfg.data, splits=[split])
     per_task: dict[str, int] = {}
     chosen = []
@@ -64,6 +72,10 @@ def inspect(cfg: Config, split: str, n: int, fmt: str, out=sys.stdout) -> int:
         out.write(f"<target> {r.output}\n\n")
     if fmt == "text":
         out.write(report.summary() + "\n")
+        if report.skipped_rows:
+            shown = min(SHOWN_SKIPS, len(report.skipped_rows))
+            out.write(f"skipped rows (first {shown} of {len(report.skipped_rows)}):\n")
+            out.write(report.first_skipped() + "\n")
         if cfg.data.fusion != "none":
             out.write(f"fusion={cfg.data.fusion} over the printed rows:\n{fusion_report.table()}\n")
     return len(fused)
@@ -120,6 +132,19 @@ def _rounded(value, digits: int = 4):
     return round(value, digits) if isinstance(value, float) else value
 
 
+def _write_metrics(path: Path, metrics: dict) -> None:
+    """Write ``caslie evaluate``'s metrics JSON.
+
+    Raises:
+        DataError: the file cannot be written (naming it and why).
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    except OSError as err:
+        raise DataError(f"--out {path}: cannot write the metrics ({err.strerror or err})") from None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="caslie", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -137,6 +162,9 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--parser", default="paper", choices=PARSERS)
     ev.add_argument("--split", help="score only this split (default: each split on its own)")
     ev.add_argument("--out", type=Path, help="also write the metrics JSON here")
+    ev.add_argument("--allow-missing", action="store_true",
+                    help="score even when predictions miss rows, repeat ids or name ids that are "
+                         "not rows (each counted under 'coverage'); refused by default")  # fmt: skip
     for name, what in (("caption", "EC3 captions into the caption cache data.captions"),
                        ("vote", "CQE votes into the vote cache data.votes")):  # fmt: skip
         job = sub.add_parser(name, help=what)
@@ -251,11 +279,12 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "evaluate":
             from caslie.evaluation import evaluate_file
 
-            metrics = evaluate_file(args.data, args.predictions, args.parser, args.split)
+            metrics = evaluate_file(
+                args.data, args.predictions, args.parser, args.split, args.allow_missing
+            )
             print(json.dumps(_rounded(metrics), indent=2))
             if args.out:  # the file keeps every digit (float64)
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                args.out.write_text(json.dumps(metrics, indent=2) + "\n")
+                _write_metrics(args.out, metrics)
         elif args.command == "predict":
             return predict(args, overrides)
         elif args.command == "grid":

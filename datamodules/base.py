@@ -9,7 +9,9 @@ check for empty evaluation splits are the same for every model.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -20,6 +22,9 @@ from torch.utils.data import DataLoader
 from caslie.config import DataConfig
 from caslie.data.sampler import LengthGroupedBatchSampler
 from caslie.errors import CaslieError, DataError
+
+SKIPPED_ROWS_FILE = "skipped.jsonl"
+"""The run folder's list of the rows its data load dropped as invalid (``data.on_error=skip``)."""
 
 
 class CaslieDataModule(L.LightningDataModule):
@@ -142,6 +147,30 @@ class CaslieDataModule(L.LightningDataModule):
                 f"evaluation split(s) {empty} have no rows for tasks {self.cfg.tasks} in "
                 f"{self.cfg.source}; remove them from data.eval_splits (e.g. data.eval_splits=[{keep}])"
             )
+
+    def write_skipped_rows(self, rows: list[dict[str, Any]]) -> Path | None:
+        """Write ``<run>/skipped.jsonl``: one JSON object per row the load dropped as invalid
+        (``location``, ``file``, ``line``, ``row``, ``id``, ``field``, ``reason``), on rank zero.
+
+        The run folder is the Trainer's ``default_root_dir`` (train.py sets it to the run folder);
+        without a Trainer, or with no dropped rows, nothing is written (a stale file from an earlier
+        load of the run is removed).
+
+        Returns:
+            The file written, or ``None``.
+        """
+        if self.trainer is None or not self.trainer.is_global_zero:
+            return None
+        path = Path(self.trainer.default_root_dir) / SKIPPED_ROWS_FILE
+        if not rows:
+            path.unlink(missing_ok=True)
+            return None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".jsonl.tmp")
+        with tmp.open("w", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        tmp.replace(path)  # a reader never sees half a file
+        return path
 
     def resume_at(self, epoch: int, batches_done: int) -> None:
         """Start training at batch ``batches_done`` of epoch ``epoch`` (set from a checkpoint)."""

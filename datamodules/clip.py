@@ -63,6 +63,7 @@ class CLIPDataModule(CaslieDataModule):
                 self.cfg, None, [self.cfg.train_split, *self.cfg.eval_splits]
             )
         self.check_eval_splits()
+        self.write_skipped_rows(self.report.skipped_rows if self.report is not None else [])
 
     def _rows(self) -> dict[str, list[Record]]:
         if self.by_split is None:

@@ -53,6 +53,7 @@ class MMECDataModule(CaslieDataModule):
         if self.built is None:
             self.built = build_dataset(self.cfg, self.tokenizer, context_length=self.context_length)
         self.check_eval_splits()
+        self.write_skipped_rows(self.manifest.get("skipped_rows", []))
 
     @property
     def splits(self) -> dict:

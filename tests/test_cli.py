@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from conftest import write_jsonl
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 
 from caslie.cli import main as caslie_main
@@ -69,12 +71,15 @@ def test_caslie_evaluate_scores_a_predictions_file(tmp_path, sample_rows, capsys
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads(out.read_text())  # these values need no rounding
+    coverage = printed.pop("coverage")
     per_task = [m for split in printed.values() for m in split.values()]
     assert set(printed) <= {"test_ind", "test_ood"}
     total = sum(m["n"] + m["failed"] for m in per_task)
     assert total == len(rows) and sum(m["failed"] for m in per_task) == 5
     for m in per_task:
         assert m[m["primary"]] == 1.0 and m["missing"] == 0  # every parsed prediction is gold
+    assert coverage == {"rows": 20, "predicted": 20, "missing": 0, "duplicate": 0, "unknown": 0,
+                        "failed": 5}  # fmt: skip
 
 
 def _sklearn(task: str, golds: list[str], preds: list[str]) -> dict[str, float]:
@@ -107,10 +112,15 @@ def test_caslie_evaluate_scores_each_split_like_sklearn(tmp_path, sample_rows, c
     lines = [json.dumps({"id": i, "prediction": p}) for i, p in preds.items()]
     (tmp_path / "p.jsonl").write_text("\n".join(lines) + "\n")
     out = tmp_path / "m.json"
-    args = ["evaluate", "--data", str(data), "--predictions", str(tmp_path / "p.jsonl")]
+    args = ["evaluate", "--data", str(data), "--predictions", str(tmp_path / "p.jsonl"),
+            "--allow-missing"]  # fmt: skip
     assert caslie_main([*args, "--out", str(out)]) == 0
     saved = json.loads(out.read_text())
     printed = json.loads(capsys.readouterr().out)
+    coverage = saved.pop("coverage")
+    assert printed.pop("coverage") == coverage
+    assert coverage["missing"] == len(gold) - len(preds) > 0
+    assert coverage["predicted"] == len(preds) and coverage["rows"] == len(gold)
     assert set(saved) == {"val", "test_ind", "test_ood"}
     for split, per_task in saved.items():
         for task, m in per_task.items():
@@ -126,7 +136,9 @@ def test_caslie_evaluate_scores_each_split_like_sklearn(tmp_path, sample_rows, c
                 assert printed[split][task][name] == round(m[name], 4)
             assert m["primary"] == TASKS[task].primary
     assert caslie_main([*args, "--split", "test"]) == 0  # the dataset's name for test IND
-    assert json.loads(capsys.readouterr().out) == printed["test_ind"]
+    only = json.loads(capsys.readouterr().out)
+    assert only.pop("coverage")["rows"] == sum(r.split == "test_ind" for r in gold)
+    assert only == printed["test_ind"]
     assert caslie_main([*args, "--split", "train"]) == 2
     assert "splits present: val, test_ind, test_ood" in capsys.readouterr().err
 
@@ -180,3 +192,109 @@ def test_caption_dry_run_prints_the_reference_prompt_per_image(tmp_path, capsys)
     assert caslie_main([*args, "--format", "text"]) == 0
     assert capsys.readouterr().out.count("=== ") == len(items)
     assert not (tmp_path / "c").exists()
+
+
+def _evaluate(tmp_path, rows, predictions, *extra: str) -> list[str]:
+    data = write_jsonl(tmp_path / "rows.jsonl", rows)
+    path = tmp_path / "p.jsonl"
+    if isinstance(predictions, bytes):
+        path.write_bytes(predictions)
+    else:
+        path.write_text("".join(json.dumps(p) + "\n" for p in predictions))
+    return ["evaluate", "--data", str(data), "--predictions", str(path), *extra]
+
+
+def _eval_rows(sample_rows, n=8):
+    return [
+        dict(r, id=f"r{i}") for i, r in enumerate(r for r in sample_rows if r["split"] == "test")
+    ][:n]
+
+
+def test_caslie_evaluate_refuses_predictions_for_half_the_rows(tmp_path, sample_rows, capsys):
+    rows = _eval_rows(sample_rows)
+    preds = [{"id": r["id"], "prediction": r["output"]} for r in rows[:4]]
+    args = _evaluate(tmp_path, rows, preds)
+    assert caslie_main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "4 of 8 rows have no prediction (e.g. row r4" in err
+    assert "--allow-missing" in err and str(tmp_path / "p.jsonl") in err
+    out = tmp_path / "m.json"
+    assert caslie_main([*args, "--allow-missing", "--out", str(out)]) == 0
+    coverage = json.loads(out.read_text())["coverage"]
+    assert coverage == {"rows": 8, "predicted": 4, "missing": 4, "duplicate": 0, "unknown": 0,
+                        "failed": 0}  # fmt: skip
+
+
+def test_caslie_evaluate_refuses_an_empty_predictions_file(tmp_path, sample_rows, capsys):
+    args = _evaluate(tmp_path, _eval_rows(sample_rows), b"")
+    for extra in ([], ["--allow-missing"]):
+        assert caslie_main([*args, *extra]) == 2
+        assert "p.jsonl: holds no predictions" in capsys.readouterr().err
+
+
+def test_caslie_evaluate_counts_duplicate_unknown_and_failed_apart(tmp_path, sample_rows, capsys):
+    rows = _eval_rows(sample_rows, 4)
+    preds = [{"id": r["id"], "prediction": r["output"]} for r in rows]
+    preds[1]["prediction"] = "not an answer"
+    preds += [{"id": "r0", "prediction": "overwrites?"}, {"id": "nobody", "prediction": "yes"}]
+    args = _evaluate(tmp_path, rows, preds)
+    assert caslie_main(args) == 2
+    err = capsys.readouterr().err
+    assert "1 prediction ids are not rows of the data (e.g. 'nobody' at " in err
+    assert (
+        f"1 predictions repeat an id predicted before (e.g. 'r0' at {tmp_path / 'p.jsonl'}:1 and "
+        in err
+    )
+    assert caslie_main([*args, "--allow-missing"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["coverage"] == {"rows": 4, "predicted": 4, "missing": 0, "duplicate": 1,
+                                   "unknown": 1, "failed": 1}  # fmt: skip
+    per_task = [
+        m for split, tasks in printed.items() if split != "coverage" for m in tasks.values()
+    ]
+    assert sum(m["n"] for m in per_task) == 3  # the first prediction of r0 (its gold) is kept
+
+
+@pytest.mark.parametrize(
+    ("content", "where", "problem"),
+    [
+        (
+            b'{"id": "r0", "prediction": "yes"}\n{"id": "r1", "prediction": "n\xe9"}\n',
+            ":2",
+            "not UTF-8",
+        ),
+        (b'{"id": "r0", "prediction": "yes"}\n{"id": "r1", \n', ":2", "not valid JSON"),
+        (
+            b'{"id": "r0", "prediction": 3}\n',
+            ":1",
+            "'prediction' must be a string or null, got int",
+        ),
+        (b'{"id": ["r0"], "prediction": "yes"}\n', ":1", "'id' must be a string or integer"),
+        (
+            b'{"id": "r0", "prediction": "yes"}\n"yes"\n',
+            ":2",
+            "expected a JSON object with 'id' and 'prediction'",
+        ),
+        (b"[" * 100000 + b"]" * 100000, "", "nested too deeply"),
+        (b'["yes", {"a": 1}, "no", "yes", "no", "yes", "no", "yes"]', "[1]", "got dict"),
+        (b'{"id": "r0", "prediction": ' + b"9" * 5000 + b"}\n", ":1", "not valid JSON"),
+    ],
+)
+def test_bad_predictions_files_are_one_line_naming_file_and_line(
+    tmp_path, sample_rows, capsys, content, where, problem
+):
+    assert caslie_main(_evaluate(tmp_path, _eval_rows(sample_rows), content)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"caslie: error: {tmp_path / 'p.jsonl'}{where}")
+    assert problem in err
+
+
+def test_inspect_lists_the_rows_it_skipped(tmp_path, sample_rows, capsys):
+    rows = [r for r in sample_rows if r["split"] == "train"][:6]
+    rows[2] = dict(rows[2], output=None)
+    path = write_jsonl(tmp_path / "rows.jsonl", rows)
+    args = ["inspect", "--config", "configs/demo.yaml", f"data.source={path}", "data.fusion=none",
+            "data.on_error=skip", f"data.cache_dir={tmp_path}"]  # fmt: skip
+    assert caslie_main(args) == 0
+    out = capsys.readouterr().out
+    assert "skipped rows (first 1 of 1):" in out and f"{path}:3: output: missing" in out

@@ -256,6 +256,7 @@ def build_dataset(cfg: DataConfig, tokenizer: Any, splits: list[str] | None = No
         "skipped_invalid": dict(load_report.skipped),
         "skipped_no_captions": dict(fusion_report.skipped),
         "duplicate_ids": load_report.duplicate_ids,
+        "skipped_rows": load_report.skipped_rows,
         "trimmed": dict(Counter(f"{t}/{s}" for t, s, tr in zip(tokenised["task"], tokenised["split"], tokenised["trimmed"], strict=True) if tr)),
         "too_long_dropped": len(dropped),
         "skipped_too_long": dict(sorted(too_long.items())),
