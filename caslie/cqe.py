@@ -23,6 +23,7 @@ import torch
 from caslie.config import Config, CQEConfig
 from caslie.data.cache import VoteCache, text_hash
 from caslie.data.captions import CaptionSource, usable_caption
+from caslie.data.tokenize import control_strings, encode_with_row_text, holds_control_text
 from caslie.data.votes import VoteTables, decide
 from caslie.errors import CaslieError, ConfigError
 from caslie.jobs import (
@@ -127,6 +128,7 @@ class Voter:
         self.yes_ids = answer_token_ids(self.tokenizer, "yes")
         self.no_ids = answer_token_ids(self.tokenizer, "no")
         self.templated = bool(getattr(self.tokenizer, "chat_template", None))
+        self.controls = control_strings(self.tokenizer)
 
     def render(self, instruction: str) -> str:
         """The instruction as the voter receives it (:func:`render_vote_prompt`)."""
@@ -134,9 +136,16 @@ class Voter:
 
     def _encode(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         texts = [self.render(p) for p in prompts]
-        enc = self.tokenizer(
-            texts, padding=True, return_tensors="pt", add_special_tokens=not self.templated
-        )
+        add = not self.templated
+        if holds_control_text(prompts, self.controls):
+            # Row text or a caption holding "</s>" or "[INST]" is judged as text, never control.
+            ids = [
+                encode_with_row_text(self.tokenizer, t, p, add)
+                for t, p in zip(texts, prompts, strict=True)
+            ]
+            enc = self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
+        else:
+            enc = self.tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=add)
         return {
             k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")
         }

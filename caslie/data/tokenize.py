@@ -63,6 +63,23 @@ def holds_control_text(texts: list[str | None], controls: list[str]) -> bool:
     return any(c in t for t in texts if t for c in controls)
 
 
+def encode_with_row_text(tokenizer: Any, rendered: str, row_text: str,
+                         add_special_tokens: bool) -> list[int]:  # fmt: skip
+    """Token ids of a rendered prompt that holds ``row_text`` verbatim (a chat turn's content):
+    the template around it keeps its control tokens, ``row_text`` is tokenised as text."""
+    at = rendered.find(row_text)
+    if at < 0:  # the template changed the text: nothing to tell apart
+        return tokenizer(rendered, add_special_tokens=add_special_tokens)["input_ids"]
+    ids = list(tokenizer("", add_special_tokens=add_special_tokens)["input_ids"])
+    for text, from_row in ((rendered[:at], False), (row_text, True),
+                           (rendered[at + len(row_text) :], False)):  # fmt: skip
+        if text:
+            ids += tokenizer(text, add_special_tokens=False, split_special_tokens=from_row)[
+                "input_ids"
+            ]
+    return ids
+
+
 def prompt_parts(render: Callable[[str, str, str | None], str], instruction: str,
                  options_text: str | None) -> tuple[list[list], list[list]]:  # fmt: skip
     """The prompt before and after the input as ``[text, from_row]`` parts, telling the template's
