@@ -150,7 +150,7 @@ def _json_value(text: str, where: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
-        raise DataError(f"{where}: not valid JSON ({err.msg} at char {err.pos})") from None
+        raise DataError(f"{where}: not valid JSON ({err.msg}, char {err.pos})") from None
     except RecursionError:
         raise DataError(f"{where}: not valid JSON (nested too deeply to parse)") from None
     except ValueError as err:  # a number of thousands of digits

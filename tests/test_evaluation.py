@@ -3,11 +3,15 @@
 import json
 import socket
 
+import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from caslie.config import DEFAULT_SPLIT_MAP
+from caslie.data.records import load_gold_rows
 from caslie.data.sampler import LengthGroupedBatchSampler
-from caslie.evaluation import gather_rows, score_rows
+from caslie.errors import DataError
+from caslie.evaluation import evaluate_file, gather_rows, score_rows
 
 N_ROWS, WORLD = 13, 2  # odd on purpose: the sampler repeats a row to give both ranks equal shares
 
@@ -64,3 +68,26 @@ def test_robust_parser_reports_rescued_rows():
     assert score_rows([dict(r) for r in rows])["val"]["ap"]["failed"] == 1
     robust = score_rows([dict(r) for r in rows], "robust")["val"]["ap"]
     assert robust["failed"] == 0 and robust["rescued"] == 1 and robust["acc"] == 1.0
+
+
+def test_evaluate_file_counts_coverage_over_the_scored_split_and_null_as_failed(
+    tmp_path, sample_rows
+):
+    rows = [
+        dict(r, id=f"r{i}") for i, r in enumerate(r for r in sample_rows if r["split"] != "train")
+    ]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    test_ind = [r for r in load_gold_rows(str(data), DEFAULT_SPLIT_MAP) if r.split == "test_ind"]
+    preds = [
+        {"id": r.id, "prediction": None if i == 0 else r.output} for i, r in enumerate(test_ind)
+    ]
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in preds))
+    with pytest.raises(DataError, match=r"rows have no prediction \(e\.g\. row r\d+ at "):
+        evaluate_file(str(data), path)  # val and test_ood have none
+    out = evaluate_file(str(data), path, split="test")  # the other splits are not scored
+    assert out.pop("coverage") == {"rows": len(test_ind), "predicted": len(test_ind), "missing": 0,
+                                   "duplicate": 0, "unknown": 0, "failed": 1}  # fmt: skip
+    assert sum(m["failed"] for m in out.values()) == 1
+    assert sum(m["n"] for m in out.values()) == len(test_ind) - 1

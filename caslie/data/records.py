@@ -341,7 +341,7 @@ def _loads(text: str) -> Any:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(f"invalid JSON ({err.msg} at char {err.pos})") from None
+        raise ValueError(f"invalid JSON ({err.msg}, char {err.pos})") from None
     except RecursionError:
         raise ValueError("invalid JSON (nested too deeply to parse)") from None
     except ValueError as err:
