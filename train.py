@@ -34,7 +34,7 @@ from caslie.cluster import in_slurm_step, requeue
 from caslie.config import Config, DataConfig, load_config, to_dict
 from caslie.console import quiet_known_warnings, setup_logging
 from caslie.csv_log import RunCSVLogger
-from caslie.data.records import default_image_root
+from caslie.data.sources import default_image_root
 from caslie.errors import EXIT_USER_ERROR, CaslieError, ConfigError
 from caslie.evaluation import PRIMARY_MEAN
 from caslie.images import ImageLimits

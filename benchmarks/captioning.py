@@ -18,7 +18,7 @@ from rerun import report_rerun
 
 from caslie.captioning import Captioner, instruction_for, run_caption
 from caslie.config import load_config
-from caslie.data.records import default_image_root
+from caslie.data.sources import default_image_root
 from caslie.images import ImageLimits, load_image
 from caslie.jobs import batches, select_records
 

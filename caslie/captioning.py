@@ -24,7 +24,7 @@ import torch
 from caslie.config import CaptionConfig, Config
 from caslie.data.cache import CaptionCache, image_state, same_image, text_hash
 from caslie.data.captions import NA_CAPTION
-from caslie.data.records import default_image_root
+from caslie.data.sources import default_image_root
 from caslie.errors import CaslieError, ConfigError
 from caslie.images import ImageError, ImageLimits, decode_image, read_image_bytes
 from caslie.jobs import JobSummary, local_device, my_share, progress, rank_world, select_records

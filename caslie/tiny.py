@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from caslie.config import DataConfig
-from caslie.data.records import SAMPLE_ROWS, load_records
+from caslie.data.records import load_records
+from caslie.data.sources import SAMPLE_ROWS
 from caslie.prompts import MISTRAL_WITH_OPTIONS, REFERENCE_SYSTEM, cqe_prompt
 
 SPECIAL_MISTRAL = ["<unk>", "<s>", "</s>", "<pad>"]

@@ -12,7 +12,8 @@ from torch.utils.data import DataLoader
 from caslie.config import DataConfig
 from caslie.data.clip import CLIPRows, collate_clip, label_index
 from caslie.data.pipeline import fingerprint_parts
-from caslie.data.records import LoadReport, default_image_root, load_records
+from caslie.data.records import LoadReport, load_records
+from caslie.data.sources import default_image_root
 from caslie.images import ImageLimits
 from caslie.record import Record
 from datamodules.base import CaslieDataModule

@@ -6,7 +6,7 @@ import json
 import pytest
 from conftest import write_finished_run
 
-from caslie.data.records import SAMPLE_ROWS
+from caslie.data.sources import SAMPLE_ROWS
 from caslie.errors import DataError, MissingPathError
 from caslie.paper import published
 from caslie.report import Row, build_table, collect, improvement_rows, paper_deltas

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from caslie.config import DataConfig
 from caslie.data.cache import CaptionCache, same_image
-from caslie.data.records import default_image_root
+from caslie.data.sources import default_image_root
 from caslie.record import Record
 
 NA_CAPTION = "NA"

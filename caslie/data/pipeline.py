@@ -27,7 +27,8 @@ import datasets
 from caslie.config import DataConfig
 from caslie.data.cache import folder_state
 from caslie.data.fusion import FusedExample, fuse_records
-from caslie.data.records import load_records, resolve_source
+from caslie.data.records import load_records
+from caslie.data.sources import resolve_source
 from caslie.data.tokenize import (
     Tokenise,
     control_strings,

@@ -24,7 +24,8 @@ import pytest
 
 from caslie.cli import main as caslie_main
 from caslie.config import DEFAULT_SPLIT_MAP
-from caslie.data.records import SAMPLE_ROWS, SCHEMA_FIELDS, load_gold_rows
+from caslie.data.records import SCHEMA_FIELDS, load_gold_rows
+from caslie.data.sources import SAMPLE_ROWS
 
 pytestmark = pytest.mark.integration
 
