@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
@@ -662,7 +663,9 @@ def read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> DictConfig:
     try:
         node = OmegaConf.load(path)
     except Exception as err:
-        raise ConfigError(f"cannot parse config file {path}: {err}") from None
+        raise ConfigError(
+            f"cannot parse config file {path}: {' '.join(str(err).split())}"
+        ) from None
     if not isinstance(node, DictConfig):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     bases = node.pop("base", None) or []
@@ -722,6 +725,8 @@ def _wrap_scalars_for_lists(base: DictConfig, other: DictConfig) -> None:
     for key in list(other.keys()):
         if key not in base:
             continue
+        if OmegaConf.is_interpolation(other, key):
+            continue  # resolved later, with the whole config (and may name an unset variable)
         target, value = base._get_node(key), other[key]
         if isinstance(target, ListConfig) and not isinstance(value, (list, ListConfig)):
             if value is not None:
@@ -766,8 +771,10 @@ def load_config(path: str | Path | Sequence[str | Path] | None = None,
         dotlist = parse_overrides(overrides)
         try:
             other = OmegaConf.from_dotlist(dotlist)
-        except OmegaConfBaseException as err:
-            raise ConfigError(f"cannot parse overrides {dotlist}: {err}") from None
+        except (OmegaConfBaseException, yaml.YAMLError) as err:  # e.g. an unclosed list
+            raise ConfigError(
+                f"cannot parse overrides {dotlist}: {' '.join(str(err).split())}"
+            ) from None
         cfg = _merge(cfg, other, "command-line overrides")
     obj = to_object(cfg)
     obj._env_interpolations = env_interpolations(cfg)  # what to_yaml and to_dict write back
@@ -783,7 +790,9 @@ def to_object(cfg: DictConfig) -> Config:
         cause = err.__cause__ if isinstance(err.__cause__, ConfigError) else None
         if cause is not None:
             raise cause from None
-        raise ConfigError(str(err).splitlines()[0]) from None
+        key = getattr(err, "full_key", None)
+        first = str(err).splitlines()[0]
+        raise ConfigError(f"config key '{key}': {first}" if key else first) from None
     assert isinstance(obj, Config)
     return obj
 

@@ -17,6 +17,8 @@ KNOWN_NOISE = (
     (Warning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),
     # The sampler position travels in the module's checkpoint, which this check cannot see.
     (Warning, r"You're resuming from a checkpoint that ended before"),
+    # On a machine with SLURM installed, every local run: the sbatch scripts start srun themselves.
+    (Warning, r"The `srun` command is available on your system but is not used"),
 )
 """(category, message pattern) of warnings that say nothing a user can act on."""
 

@@ -78,6 +78,12 @@ def test_sweep_style_arguments():
         (["trainer.precision=bf16-mix"], "unknown trainer.precision 'bf16-mix'"),
         (["trainer.accelerator=gpus"], "unknown trainer.accelerator 'gpus'"),
         (["data.min_caption_coverage=1.5"], "data.min_caption_coverage must be between 0 and 1"),
+        (["data.tasks=[sa"], "cannot parse overrides"),
+        (
+            ["optim.lr=${oc.env:CASLIE_UNSET_VARIABLE}"],
+            "config key 'optim.lr': .*CASLIE_UNSET_VARIABLE",
+        ),
+        (["data.tasks=${oc.env:CASLIE_UNSET_VARIABLE}"], "config key 'data.tasks'"),
     ],
 )
 def test_bad_config_fails_clearly(override, message):

@@ -42,3 +42,19 @@ def test_other_ranks_print_log_warnings_only_and_no_python_warnings():
     assert "GPU available" not in err and "lightning line" not in err
     assert err.count("a caslie warning") == 1
     assert "a warning of the user's own" not in err  # rank zero prints it; once is enough
+
+
+def test_known_noise_is_dropped_and_other_warnings_kept():
+    import warnings
+
+    from caslie.console import quiet_known_warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_known_warnings()
+        warnings.warn(
+            "The `srun` command is available on your system but is not used. HINT: ...",
+            stacklevel=1,
+        )
+        warnings.warn("something a user can act on", stacklevel=1)
+    assert [str(w.message) for w in caught] == ["something a user can act on"]

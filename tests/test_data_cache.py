@@ -183,3 +183,23 @@ def test_a_caption_is_tied_to_the_image_it_was_made_from(tmp_path: Path):
     assert not same_image(entry, "img.png", tmp_path)
     url = image_state("http://example.invalid/a.png", tmp_path, data=b"x")
     assert same_image(url, "http://example.invalid/a.png", tmp_path)  # known by its reference
+
+
+def test_repairing_one_voters_folder_keeps_its_valid_votes(tmp_path: Path):
+    from caslie.data.cache import repair_cache
+
+    votes = tmp_path / "votes"
+    with VoteCache(votes).writer("judge") as w:
+        for i in range(3):
+            w.write({"row_id": f"r{i}", "image_index": 0, "caption_sha": "s", "vote": "yes"})
+    shard = next((votes / "judge").glob("*.jsonl"))
+    shard.write_text(
+        shard.read_text()
+        + '{"row_id": "q", "vote": "no"}\n'
+        + json.dumps({"row_id": "z", "image_index": 0, "caption_sha": "s", "vote": "no"})
+        + "\n"
+    )
+    with pytest.raises(CacheError, match=rf"`caslie repair {votes / 'judge'}`"):
+        VoteCache(votes).load("judge")
+    assert repair_cache(votes / "judge") == [f"{shard}:4"]  # the folder the error names
+    assert len(VoteCache(votes).load("judge")) == 4

@@ -181,9 +181,26 @@ def repair_shards_here(folder: Path, fields: dict[str, tuple[type, ...]]) -> lis
     return moved
 
 
+def _fields_of(folder: Path) -> dict[str, tuple[type, ...]]:
+    """Whether a folder's shards hold votes or captions, by what most of their lines hold (a
+    voter's subfolder may be named as well as the cache)."""
+    votes = captions = 0
+    for shard in folder.glob("*.jsonl"):
+        for raw in shard.read_bytes().split(b"\n"):
+            try:
+                entry = json.loads(raw)
+            except (ValueError, RecursionError):
+                continue
+            if isinstance(entry, dict):
+                votes += "caption_sha" in entry or "vote" in entry
+                captions += "model" in entry or "caption" in entry
+    return VOTE_FIELDS if votes > captions else CAPTION_FIELDS
+
+
 def repair_cache(folder: str | Path) -> list[str]:
-    """:func:`repair_shards` on a caption cache (shards at the top) or a vote cache (a subfolder
-    of shards per voter), each checked against its own fields.
+    """:func:`repair_shards_here` on a caption cache (shards at the top), a vote cache (a
+    subfolder of shards per voter) or one voter's subfolder, each folder checked against the fields
+    of what it holds.
 
     Raises:
         MissingPathError: ``folder`` is not a folder.
@@ -191,7 +208,7 @@ def repair_cache(folder: str | Path) -> list[str]:
     root = Path(folder)
     if not root.is_dir():
         raise MissingPathError(f"cache folder {root} does not exist")
-    moved = repair_shards_here(root, CAPTION_FIELDS)
+    moved = repair_shards_here(root, _fields_of(root))
     for voter in sorted(p for p in root.iterdir() if p.is_dir() and p.name != "rejected"):
         moved += repair_shards_here(voter, VOTE_FIELDS)
     return moved
