@@ -200,6 +200,22 @@ def build_trainer(cfg: Config, run_dir: Path, loggers: list, callbacks: list) ->
         raise ConfigError(f"the trainer.* settings do not work here: {err}") from None
 
 
+def _own_best(best_cb: ModelCheckpoint | None) -> str:
+    """The best checkpoint of this run folder. A resumed checkpoint names its best by the absolute
+    path it was saved under: after the run folder was moved or copied, that path is another
+    folder's file, so the same name in this folder is used (or none, with a warning)."""
+    if best_cb is None or not best_cb.best_model_path:
+        return ""
+    best, here = Path(best_cb.best_model_path), Path(best_cb.dirpath or "")
+    if best.parent.resolve() == here.resolve():
+        return str(best)
+    moved = here / best.name
+    if moved.is_file():
+        return str(moved)
+    log.warning("the best checkpoint %s is not in this run folder: testing the final weights", best)
+    return ""
+
+
 def _wandb_logger(cfg: Config, run_dir: Path, resuming: bool) -> WandbLogger | None:
     wb = cfg.logger.wandb
     if wb.mode == "disabled":
@@ -316,7 +332,7 @@ def _run_locked(cfg: Config, run_dir: Path, callbacks: list | None) -> RunResult
     exit_code = 1
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True)
-        best = best_cb.best_model_path if best_cb is not None else ""
+        best = _own_best(best_cb)
         trainer.test(module, datamodule=dm, ckpt_path=best or None, weights_only=True,
                      verbose=False)  # fmt: skip
         exit_code = 0

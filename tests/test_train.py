@@ -409,3 +409,20 @@ def test_a_released_checkpoint_that_is_not_a_causal_lm_is_named(tmp_path):
 def result_cfg_voters(run_dir: Path) -> list[str]:
     """The voters the run's saved config names."""
     return list(load_config(run_dir / "config.yaml").data.voters)
+
+
+def test_a_moved_run_folder_resumes_and_tests_its_own_best_checkpoint(tmp_path):
+    import shutil
+
+    common = ["data.tasks=sa", "optim.effective_batch_size=4", "optim.micro_batch_size=4", "trainer.max_epochs=2",
+              "data.eval_splits=[val]", "logger.wandb.mode=disabled"]  # fmt: skip
+    with pytest.raises(RuntimeError, match="preempted"):
+        run(_config(tmp_path / "a", *common), callbacks=[CrashAt(8)])  # after epoch 1's validation
+    moved = tmp_path / "b" / "runs" / "demo"
+    shutil.copytree(tmp_path / "a" / "runs" / "demo", moved)
+    saved = moved / "config.yaml"
+    saved.write_text(saved.read_text().replace(str(tmp_path / "a"), str(tmp_path / "b")))
+    shutil.rmtree(tmp_path / "a")
+    result = run(_config(tmp_path / "b", *common, "trainer.ckpt_path=last"))
+    tested = json.loads((moved / "metrics.json").read_text())["checkpoint"]
+    assert result.metrics and tested.startswith(str(moved))
