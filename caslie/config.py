@@ -690,15 +690,39 @@ def _valid_keys(schema: Any, prefix: str = "") -> list[str]:
     return keys
 
 
-def _unknown_key_error(key: str, where: str) -> ConfigError:
-    valid = _valid_keys(Config)
+KEY_ALIASES = {
+    "learning_rate": "optim.lr", "lr_rate": "optim.lr", "batch_size": "optim.effective_batch_size",
+    "train_batch_size": "optim.effective_batch_size", "per_device_batch_size": "optim.micro_batch_size",
+    "gradient_accumulation_steps": "optim.effective_batch_size", "epochs": "trainer.max_epochs",
+    "num_epochs": "trainer.max_epochs", "num_train_epochs": "trainer.max_epochs",
+    "warmup": "optim.warmup_ratio", "lora_rank": "model.lora_r", "rank": "model.lora_r",
+    "model_name": "model.name_or_path", "base_model": "model.name_or_path",
+    "cutoff_len": "data.max_length", "max_seq_length": "data.max_length",
+}  # fmt: skip
+"""Names other fine-tuning stacks give a setting -> the key that holds it here."""
+
+
+def _suggestion(key: str, valid: list[str]) -> str | None:
+    """The valid key a mistyped or foreign ``key`` most likely means: an alias of its last part,
+    a key with the same last part, a close last part within its section, else the closest key."""
+    section, _, leaf = key.rpartition(".")
+    norm = leaf.lower().replace("-", "_")
+    if norm in KEY_ALIASES:
+        return KEY_ALIASES[norm]
+    same_leaf = [k for k in valid if k.rpartition(".")[2] == norm]
+    if same_leaf:
+        return min(same_leaf, key=lambda k: (not k.startswith(section + "."), len(k)))
+    leaves = [k for k in valid if k.rpartition(".")[0] == section]
+    match = difflib.get_close_matches(norm, [k.rpartition(".")[2] for k in leaves], n=1, cutoff=0.6)
+    if match:
+        return f"{section}.{match[0]}" if section else match[0]
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-    if not close:  # a typo in the last part only: compare within the section
-        section, _, leaf = key.rpartition(".")
-        leaves = [k for k in valid if k.rpartition(".")[0] == section]
-        match = difflib.get_close_matches(leaf, [k.rpartition(".")[2] for k in leaves], n=1)
-        close = [f"{section}.{match[0]}" if section else match[0]] if match else []
-    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return close[0] if close else None
+
+
+def _unknown_key_error(key: str, where: str) -> ConfigError:
+    close = _suggestion(key, _valid_keys(Config))
+    hint = f"; did you mean '{close}'?" if close else ""
     return ConfigError(f"unknown config key '{key}' in {where}{hint}")
 
 
