@@ -727,14 +727,19 @@ def _unknown_key_error(key: str, where: str) -> ConfigError:
 
 
 def parse_overrides(args: list[str]) -> list[str]:
-    """Turn ``a.b=c`` and ``--a.b=c`` arguments into an OmegaConf dotlist.
+    """Turn ``a.b=c``, ``--a.b=c`` and ``--a.b c`` arguments into an OmegaConf dotlist.
 
     ``None`` (what ``str(None)`` gives a sweep agent) becomes YAML ``null``; lower-case ``none``
     stays a string (it is a fusion strategy).
     """
     out = []
-    for arg in args:
+    rest = iter(args)
+    for arg in rest:
         item = arg[2:] if arg.startswith("--") else arg
+        if "=" not in item and arg.startswith("--"):  # the space-separated form: --a.b c
+            value = next(rest, None)
+            if value is not None and not value.startswith("--"):
+                item = f"{item}={value}"
         if "=" not in item:
             raise ConfigError(f"override '{arg}' is not of the form key=value (or --key=value)")
         key, value = item.split("=", 1)

@@ -153,3 +153,13 @@ def test_precision_and_accelerator_names_are_lightnings():
     )
     assert set(PRECISIONS) == {"auto", *lightning_precisions}
     assert set(ACCELERATOR_REGISTRY.available_accelerators()) | {"auto", "gpu"} == set(ACCELERATORS)
+
+
+def test_overrides_take_the_space_separated_form_too():
+    from caslie.config import parse_overrides
+
+    assert parse_overrides(["--optim.lr", "2e-4", "data.tasks=sa", "--run.name=x", "--data.fusion", "none"]) == [
+        "optim.lr=2e-4", "data.tasks=sa", "run.name=x", "data.fusion=none"]  # fmt: skip
+    assert load_config(None, ["--optim.lr", "2e-4"]).optim.lr == 2e-4
+    with pytest.raises(ConfigError, match="'--optim.lr' is not of the form key=value"):
+        parse_overrides(["--optim.lr", "--run.name=x"])
