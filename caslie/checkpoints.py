@@ -83,8 +83,8 @@ def _load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError:
-        # torch's message is a page of advice to pass weights_only=False, which is the one thing
-        # never to do with a file of unknown origin.
+        # torch's message is a page of advice to turn the safe loader off, which is the one
+        # thing never to do with a file of unknown origin.
         raise CheckpointError(
             f"{path} is not a readable checkpoint (it holds objects that would run code when "
             f"loaded; only tensors and plain values are read)"

@@ -288,10 +288,6 @@ class CaptionCache:
         """Every valid entry of every shard."""
         return read_shards(self.folder, CAPTION_FIELDS, self.on_error)
 
-    def models(self) -> set[str]:
-        """Captioning models present in the cache."""
-        return {e["model"] for e in self.entries()}
-
     def load(self, model: str | None = None, template: str | None = None,
              must_hold: bool = False) -> dict[tuple[str, int], dict[str, Any]]:  # fmt: skip
         """Merged entries for one model (and template hash, if given).

@@ -140,14 +140,13 @@ def _columns(examples: list[FusedExample], cfg: DataConfig, tokenizer: Any) -> d
     cols: dict[str, list] = {k: [] for k in ("id", "task", "split", "head", "input_text", "tail", "target",
                                              "parts", "options", "captions", "caption_used", "votes", "images")}  # fmt: skip
     controls = control_strings(tokenizer)
+    render = partial(render_prompt, template=cfg.prompt_template, tokenizer=tokenizer)
     for ex in examples:
         r = ex.record
-        render = partial(_render, r.instruction, ex.options_text, cfg.prompt_template, tokenizer)
-        head, tail = split_prompt(render)
+        head, tail = split_prompt(partial(render, r.instruction, options_text=ex.options_text))
         parts = ""  # a row whose text holds a control string is tokenised by parts (tokenize.py)
         if holds_control_text([r.instruction, ex.input_text, ex.options_text, r.output], controls):
-            three = partial(_render_three, template=cfg.prompt_template, tokenizer=tokenizer)
-            parts = json.dumps(prompt_parts(three, r.instruction, ex.options_text))
+            parts = json.dumps(prompt_parts(render, r.instruction, ex.options_text))
         cols["parts"].append(parts)
         cols["id"].append(r.id)
         cols["task"].append(r.task)
@@ -162,17 +161,6 @@ def _columns(examples: list[FusedExample], cfg: DataConfig, tokenizer: Any) -> d
         cols["votes"].append(json.dumps(list(ex.votes)))
         cols["images"].append(json.dumps(list(r.images)))
     return cols
-
-
-def _render(
-    instruction: str, options_text: str | None, template: str, tokenizer: Any, input_text: str
-) -> str:
-    return render_prompt(instruction, input_text, options_text, template, tokenizer)
-
-
-def _render_three(instruction: str, input_text: str, options_text: str | None, *, template: str,
-                  tokenizer: Any) -> str:  # fmt: skip
-    return render_prompt(instruction, input_text, options_text, template, tokenizer)
 
 
 def build_dataset(cfg: DataConfig, tokenizer: Any, splits: list[str] | None = None,
