@@ -129,6 +129,10 @@ class DataConfig:
     """Padded batch length is a multiple of this (tensor-core friendly)."""
     group_by_length: bool = True
     """Batch examples of similar length together to cut padding."""
+    packing: bool = False
+    """Lay each training micro-batch's examples end to end in one padding-free row, attention kept
+    within each example (``caslie/data/packing.py``). The examples, steps and loss are the same as
+    without it; only padding is gone."""
     image_size: int = 500
     """Images read by the FashionCLIP loaders are resized to fit this square first (the paper's
     medium size); the model's processor then sizes them for the vision tower."""

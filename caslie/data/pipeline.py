@@ -93,8 +93,9 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return h.hexdigest()
 
 
-UNRELATED_FIELDS = ("num_workers", "group_by_length", "pad_to_multiple_of", "cache_dir", "image_root",
-                    "image_size", "allow_private_urls", "min_caption_coverage", "allow_changed")  # fmt: skip
+UNRELATED_FIELDS = ("num_workers", "group_by_length", "packing", "pad_to_multiple_of", "cache_dir",
+                    "image_root", "image_size", "allow_private_urls", "min_caption_coverage",
+                    "allow_changed")  # fmt: skip
 """``data.*`` keys that do not change the tokenised examples."""
 
 PART_NAMES = {"config": "the data.* settings", "source": "the rows (data.source)",
