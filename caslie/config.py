@@ -255,6 +255,12 @@ class ModelConfig:
     """Allow model code from the hub; off unless you trust the checkpoint."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward to save memory."""
+    compile: bool = False
+    """Compile each decoder layer with ``torch.compile`` (dynamic shapes, so varying batch lengths
+    do not recompile); the first steps pay the compile time."""
+    liger: bool = False
+    """Liger's Triton kernels (RMSNorm, RoPE, SwiGLU and the fused linear cross-entropy, which never
+    materialises the logits) on CUDA GPUs; needs ``pip install liger-kernel``."""
     lora_r: int = 16
     """LoRA rank (paper: 16)."""
     lora_alpha: int = 16

@@ -30,9 +30,11 @@ def adamw_with_schedule(
 ) -> dict[str, Any]:
     """What ``configure_optimizers`` returns: AdamW and a per-step schedule sized to ``total_steps``
     (the trainer's ``estimated_stepping_batches``: epochs, accumulation and world size included)."""
-    opt = torch.optim.AdamW(
-        list(params), lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay
-    )
+    params = list(params)
+    # The fused kernel updates every tensor in one launch; it exists for CUDA tensors only.
+    fused = bool(params) and all(p.is_cuda for p in params)
+    opt = torch.optim.AdamW(params, lr=optim.lr, betas=tuple(optim.betas),
+                            weight_decay=optim.weight_decay, fused=fused or None)  # fmt: skip
     warmup = warmup_steps(total_steps, optim.warmup_ratio)
     log.info("optimiser steps: %d (warm-up %d, %s)", total_steps, warmup, optim.scheduler)
     if optim.scheduler == "cosine":

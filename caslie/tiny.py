@@ -61,6 +61,12 @@ TINY = {
     "clip": TinySpec("clip"),
     "voter-llama": TinySpec("llama", decisive=True),
     "voter-mistral": TinySpec("mistral", decisive=True),
+    # benchmarks/train_throughput.py: wide enough that matrix products, not Python, set the pace
+    "wide-mistral": TinySpec("mistral", hidden_size=256, layers=4, heads=8, intermediate_size=896),
+    # benchmarks/gpu_check.sh: a 1.1B-parameter random model, to measure GPU paths at a real size
+    "bench-1b": TinySpec(
+        "mistral", hidden_size=2048, layers=24, heads=16, kv_heads=8, intermediate_size=5632
+    ),
 }
 """Tiny model names usable as ``tiny:<name>`` (``llava``: a CLIP vision tower + a tiny Llama)."""
 

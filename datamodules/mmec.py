@@ -8,8 +8,9 @@ from typing import Any
 from torch.utils.data import DataLoader
 
 from caslie.config import DataConfig
+from caslie.data.packing import collate_training
 from caslie.data.pipeline import BuiltData, build_dataset
-from caslie.data.tokenize import collate_generate, collate_train
+from caslie.data.tokenize import collate_generate
 from datamodules.base import CaslieDataModule
 
 
@@ -80,16 +81,20 @@ class MMECDataModule(CaslieDataModule):
         return self.built.manifest
 
     def make_loader(self, split: str, batch_size: int, stage: str) -> DataLoader:
-        """Training and val-loss batches are right-padded with answer-only labels; prediction
-        batches are left-padded prompts, longest first."""
-        collate = collate_generate if stage == "predict" else collate_train
+        """Training and val-loss batches carry answer-only labels, right-padded or (with
+        ``data.packing``) packed into one padding-free row; prediction batches are left-padded
+        prompts, longest first."""
+        pad, multiple = self.tokenizer.pad_token_id, self.cfg.pad_to_multiple_of
+        if stage == "predict":
+            collate = partial(collate_generate, pad_id=pad, multiple=multiple)
+        else:
+            collate = partial(collate_training, pad_id=pad, multiple=multiple,
+                              packed=self.cfg.packing)  # fmt: skip
         sampler = self.batch_sampler(
             self.splits[split]["length"], batch_size, shuffle=stage == "train",
             group_by_length=self.cfg.group_by_length,
         )  # fmt: skip
-        pad, multiple = self.tokenizer.pad_token_id, self.cfg.pad_to_multiple_of
-        return self.loader(self.splits[split], sampler,
-                           partial(collate, pad_id=pad, multiple=multiple), self.cfg.num_workers)  # fmt: skip
+        return self.loader(self.splits[split], sampler, collate, self.cfg.num_workers)
 
     def val_dataloader(self) -> list[DataLoader]:
         """Loader 0: val batches for the teacher-forced loss; loader 1 (with ``generate_on_val``):

@@ -7,7 +7,7 @@ import torch
 
 from caslie.config import ModelConfig
 from caslie.errors import ConfigError
-from caslie.models.lora import build_lora_model, load_base_model
+from caslie.models.lora import build_lora_model, compile_layers, load_base_model
 from caslie.pretrained import load_tokenizer
 from caslie.tiny import ensure_tiny
 
@@ -63,3 +63,98 @@ def test_a_tokenizer_without_pad_gets_a_distinct_one_and_the_model_grows_to_fit(
     # The added row is deterministic, so an adapter-only checkpoint reloads onto the same weights.
     assert torch.equal(a.get_input_embeddings().weight, b.get_input_embeddings().weight)
     assert torch.equal(a.get_output_embeddings().weight, b.get_output_embeddings().weight)
+
+
+def test_attention_is_sdpa_unless_configured(tokenizer):
+    assert build_lora_model(TINY, tokenizer).config._attn_implementation == "sdpa"
+    eager = build_lora_model(dataclasses.replace(TINY, attn_implementation="eager"), tokenizer)
+    assert eager.config._attn_implementation == "eager"
+
+
+def test_liger_is_refused_without_a_cuda_gpu(tokenizer):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is here (tests/gpu covers Liger)")
+    with pytest.raises(ConfigError, match="model.liger needs a CUDA GPU"):
+        build_lora_model(dataclasses.replace(TINY, liger=True), tokenizer)
+
+
+@pytest.mark.slow
+def test_compiled_layers_give_the_eager_loss_and_gradients(tokenizer):
+    eager = build_lora_model(TINY, tokenizer)
+    compiled = build_lora_model(TINY, tokenizer)
+    assert compile_layers(compiled.get_base_model()) == 2  # the tiny model's decoder layers
+    ids = torch.tensor([tokenizer("a cordless drill with two batteries")["input_ids"]] * 2)
+    losses, grads = [], []
+    for model in (eager, compiled):
+        model.eval()  # no dropout: the same computation both ways
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert torch.allclose(losses[0], losses[1], rtol=1e-5)
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6), name
+    # Names are unchanged, so adapter checkpoints load either way.
+    assert eager.state_dict().keys() == compiled.state_dict().keys()
+
+
+class _SyncCounter:
+    """Counts reads of a tensor's value to the host (``item``, ``bool``, ``int``, ``float``) made by
+    the training code (the module, its callbacks, Lightning's loops), batch by batch."""
+
+    WATCHED = ("caslie/models/", "callbacks/", "lightning/pytorch/")
+    READS = ("item", "__bool__", "__int__", "__float__")
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch):
+        self.per_batch: list[int] = []
+        self.count = 0
+        for name in self.READS:
+            original = getattr(torch.Tensor, name)
+            monkeypatch.setattr(torch.Tensor, name, self._counting(original))
+
+    def _counting(self, original):
+        import sys
+
+        def read(tensor, *args):
+            frame = sys._getframe(1)
+            for _ in range(6):  # who asked: the caller or a few frames above it
+                if frame is None:
+                    break
+                if any(w in frame.f_code.co_filename for w in self.WATCHED):
+                    self.count += 1
+                    break
+                frame = frame.f_back
+            return original(tensor, *args)
+
+        return read
+
+
+@pytest.mark.slow
+def test_training_reads_device_values_only_at_log_steps(tmp_path, monkeypatch):
+    """What stalls a GPU is the host waiting on a device value; on a CPU the reads are counted."""
+    import lightning as L
+    from conftest import demo_config
+
+    from train import run
+
+    counter = _SyncCounter(monkeypatch)
+    steps: list[tuple[int, int]] = []
+
+    class PerBatch(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            counter.count = 0
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            steps.append((trainer.global_step, counter.count))
+
+    cfg = demo_config(tmp_path, "data.tasks=sa", "logger.wandb.mode=disabled", "trainer.max_epochs=2",
+                      "trainer.log_every_n_steps=3", "data.eval_splits=[val]",
+                      "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0",
+                      "eval.generate_on_val=false", "eval.select=loss",
+                      "optim.effective_batch_size=8", "optim.micro_batch_size=4")  # fmt: skip
+    run(cfg, callbacks=[PerBatch()])
+    quiet = [n for step, n in steps if step % 3]  # batches that end away from a logged step
+    logged = [n for step, n in steps if step % 3 == 0]
+    assert len(quiet) >= 4 and set(quiet) == {0}, steps
+    assert max(logged) > 0  # the logged steps do read (the counter sees reads)

@@ -36,3 +36,9 @@ def test_warmup_then_cosine_to_zero():
 def test_constant_after_warmup():
     lrs = _lrs(OptimConfig(lr=2e-4, warmup_ratio=0.1, scheduler="constant"), 50)
     assert lrs[0] == 0.0 and lrs[5] == pytest.approx(2e-4) and lrs[50] == pytest.approx(2e-4)
+
+
+def test_adamw_is_fused_only_for_cuda_parameters():
+    cpu = torch.nn.Parameter(torch.zeros(3))
+    opt = adamw_with_schedule([cpu], OptimConfig(), total_steps=10)["optimizer"]
+    assert not opt.defaults["fused"]  # the fused kernel is CUDA's (tests/gpu checks it there)

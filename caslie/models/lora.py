@@ -7,11 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from caslie.config import Config, ModelConfig
+from caslie.data.tokenize import IGNORE_INDEX
 from caslie.errors import CheckpointError, ConfigError, NonFiniteLossError
 from caslie.generation import LabelTrie, answer_budget, generate_answers, label_ids
 from caslie.models.base import CaslieModule, count_parameters
+from caslie.models.segments import NAME as SEGMENTS
+from caslie.models.segments import use_segment_attention
 from caslie.pretrained import Checkpoint, load_model
 
 log = logging.getLogger(__name__)
@@ -77,6 +81,38 @@ def load_base_model(
     return model
 
 
+def apply_liger(model: Any) -> None:
+    """Patch ``model`` (before the adapter is attached) with Liger's kernels.
+
+    Raises:
+        ConfigError: no CUDA GPU, or the ``liger-kernel`` package is missing.
+    """
+    if not torch.cuda.is_available():
+        raise ConfigError("model.liger needs a CUDA GPU (Liger's kernels are Triton); set "
+                          "model.liger=false here")  # fmt: skip
+    try:
+        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+    except ImportError:
+        raise ConfigError(
+            "model.liger needs the liger-kernel package: pip install liger-kernel"
+        ) from None
+    _apply_liger_kernel_to_instance(model=model)
+
+
+def compile_layers(model: Any) -> int:
+    """Compile every decoder layer of ``model`` in place (``torch.compile``, dynamic shapes).
+
+    Layers rather than the whole model: the layers are identical, so one compiled graph serves
+    them all, and the parts around them (embeddings, the adapter wrapper, generation) stay eager.
+    State-dict names do not change. Returns the number of layers compiled.
+    """
+    layer_classes = set(getattr(model, "_no_split_modules", None) or [])
+    layers = [m for m in model.modules() if type(m).__name__ in layer_classes]
+    for layer in layers:
+        layer.compile(dynamic=True)
+    return len(layers)
+
+
 def build_lora_model(
     model_cfg: ModelConfig, tokenizer: Any, dtype: torch.dtype | None = None
 ) -> Any:
@@ -89,6 +125,8 @@ def build_lora_model(
     from peft import LoraConfig, get_peft_model
 
     model = load_base_model(model_cfg, tokenizer, dtype)
+    if model_cfg.liger:
+        apply_liger(model)
     available = linear_names(model)
     missing = [t for t in model_cfg.lora_target_modules if t not in available]
     if missing:
@@ -157,6 +195,8 @@ class LoRAInstructModule(CaslieModule):
         self.strict_loading = False  # checkpoints hold the adapter only
         self._tries: dict[str, LabelTrie] = {}
         self._budget: dict[str, int] = {}
+        self._window: torch.Tensor | None = None  # summed training loss since the last log
+        self._window_batches = self._window_start = 0
 
     def bind(self, datamodule: Any) -> None:
         """Label tries (constrained decoding) and answer budgets from the datamodule's labels."""
@@ -181,6 +221,10 @@ class LoRAInstructModule(CaslieModule):
         if self.model is None:
             self.model = build_lora_model(self.cfg.model, self.tokenizer)
             self.model.train()  # from_pretrained returns eval mode; the loop expects train mode
+            if self.cfg.data.packing and use_segment_attention(self.model.get_base_model()):
+                log.info("packed rows: attention runs per example (caslie_segments)")
+            if self.cfg.model.compile:
+                log.info("compiled %d decoder layers", compile_layers(self.model.get_base_model()))
             n_train, n_all = count_parameters(self.model)
             log.info(
                 "LoRA: %d trainable of %d parameters (%.3f%%)",
@@ -211,44 +255,80 @@ class LoRAInstructModule(CaslieModule):
 
     # ------------------------------------------------------------------------------------- training
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        labels: torch.Tensor | None = None,
-    ):
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Mean cross-entropy over the batch's answer tokens (the causal-LM loss of transformers).
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self(**batch).loss
-        bad = not torch.isfinite(loss).item()
-        if self.trainer.strategy.reduce_boolean_decision(bad, all=False):
-            self._stop_on_non_finite(loss)
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/lr", self.lr_schedulers().get_last_lr()[0])
+        With ``logit_positions`` (the collators give them) logits are computed only where the next
+        token is an answer token: the other positions add nothing to the loss or its gradient, and
+        the LM head over every position is most of a small model's work. With ``model.liger`` the
+        model's fused linear cross-entropy computes the loss without materialising logits.
+        """
+        names = ("input_ids", "attention_mask", "position_ids", "caslie_segments")
+        inputs = {k: batch[k] for k in names if k in batch}
+        if self.model.config._attn_implementation != SEGMENTS:
+            inputs.pop("caslie_segments", None)  # flash-attention finds the examples itself
+        keep = batch.get("logit_positions")
+        if keep is None or self.cfg.model.liger:
+            return self.model(**inputs, labels=batch["labels"], use_cache=False).loss
+        logits = self.model(**inputs, logits_to_keep=keep, use_cache=False).logits
+        targets = batch["labels"][:, keep + 1]
+        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
+                               ignore_index=IGNORE_INDEX)  # fmt: skip
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self(batch)
+        # Summed on the device; read (one sync) only when the window is logged.
+        detached = loss.detach()
+        self._window = detached if self._window is None else self._window + detached
+        self._window_batches += 1
         return loss
 
-    def _stop_on_non_finite(self, loss: torch.Tensor) -> None:
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """At the optimiser steps Lightning sends to the loggers (every
+        ``trainer.log_every_n_steps``): stop on a non-finite loss in the window, log the window's
+        mean loss, the learning rate and the gradient norm. The only host-device sync of training."""
+        if (self.trainer.global_step + 1) % self.trainer.log_every_n_steps:
+            return
+        mean = self._close_window()
+        if mean is None:
+            return
+        self.log("train/loss", mean, prog_bar=True, batch_size=1)
+        self.log("train/lr", self.lr_schedulers().get_last_lr()[0], batch_size=1)
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if grads:
+            self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads), batch_size=1)
+
+    def on_train_epoch_end(self) -> None:
+        self._close_window()  # the steps after the epoch's last log are checked too
+
+    def _close_window(self) -> torch.Tensor | None:
+        """The mean training loss since the last log (``None``: no batch), after checking that it
+        is finite on every rank."""
+        if self._window is None:
+            return None
+        mean = self._window / self._window_batches
+        first_step = self._window_start
+        self._window, self._window_batches = None, 0
+        self._window_start = self.trainer.global_step + 1
+        bad = not torch.isfinite(mean).item()
+        if self.trainer.strategy.reduce_boolean_decision(bad, all=False):
+            self._stop_on_non_finite(mean, first_step)
+        return mean
+
+    def _stop_on_non_finite(self, loss: torch.Tensor, first_step: int) -> None:
         step = self.trainer.global_step
         saved = "no run folder to save into"
         if self.run_dir is not None:
             path = self.run_dir / "checkpoints" / f"nonfinite-step{step}.ckpt"
             self.trainer.save_checkpoint(path)
             saved = f"state saved to {path}"
+        steps = f"step {step}" if first_step >= step else f"steps {first_step}-{step}"
         raise NonFiniteLossError(
-            f"the training loss is {loss.item()} at step {step} ({saved}). Lower optim.lr, keep "
-            "trainer.gradient_clip_val set, or try trainer.precision=32-true / model.dtype=float32; "
-            "check the batch's rows with `caslie inspect`"
+            f"the training loss is {loss.item()} in {steps} ({saved}; trainer.log_every_n_steps=1 "
+            "stops at the first such step). Lower optim.lr, keep trainer.gradient_clip_val set, or "
+            "try trainer.precision=32-true / model.dtype=float32; check the batch's rows with "
+            "`caslie inspect`"
         )
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if self.trainer.global_step % self.trainer.log_every_n_steps:
-            return
-        norms = [
-            p.grad.detach().float().norm() for p in self.model.parameters() if p.grad is not None
-        ]
-        if norms:
-            self.log("train/grad_norm", torch.stack(norms).norm())
 
     # ----------------------------------------------------------------------------------- evaluation
 
@@ -279,7 +359,7 @@ class LoRAInstructModule(CaslieModule):
         self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         if dataloader_idx == 0:
-            loss = self(batch["input_ids"], batch["attention_mask"], batch["labels"]).loss
+            loss = self(batch)
             self.log("val/loss", loss, prog_bar=True, sync_dist=True, add_dataloader_idx=False)
         else:
             self._collect(batch)
