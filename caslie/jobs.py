@@ -1,4 +1,5 @@
-"""What ``caslie caption`` and ``caslie vote`` share: row selection, rank sharding, progress, summary.
+"""What ``caslie caption`` and ``caslie vote`` share: row selection, rank sharding, progress lines,
+summary.
 
 Under ``torchrun`` (``RANK``/``WORLD_SIZE``) or ``srun`` (``SLURM_PROCID``/``SLURM_NTASKS``) every
 process takes every ``world``-th work item of the same deterministic list and writes its own cache
@@ -7,6 +8,7 @@ shard, so the merged cache equals a single-process run's.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -14,6 +16,7 @@ from typing import Any, TypeVar
 
 from caslie.config import SPLITS, Config
 from caslie.data.records import load_records
+from caslie.progress import Progress
 from caslie.record import Record
 
 T = TypeVar("T")
@@ -73,11 +76,13 @@ def batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
         yield batch
 
 
-def progress(total: int, desc: str, unit: str):
-    """A tqdm bar with rate and ETA (shown on rank zero only)."""
-    from tqdm.auto import tqdm
+PROGRESS_INTERVAL_S = 30.0
+"""Seconds between two progress lines of ``caslie caption`` and ``caslie vote``."""
 
-    return tqdm(total=total, desc=desc, unit=unit, disable=rank_world()[0] != 0, dynamic_ncols=True)
+
+def progress(total: int, desc: str, unit: str, logger: logging.Logger | None = None) -> Progress:
+    """Progress lines with rate and ETA every :data:`PROGRESS_INTERVAL_S` (rank zero only)."""
+    return Progress(total, desc, unit, PROGRESS_INTERVAL_S, logger, enabled=rank_world()[0] == 0)
 
 
 @dataclass
