@@ -1,6 +1,8 @@
 """``caslie vote`` with tiny voters on the sample: yes/no scoring, cache, shards, kill -9."""
 
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -9,8 +11,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import cqe_config as _cfg
 
+import caslie.jobs
 from caslie.config import load_config
 from caslie.cqe import (
     Voter,
@@ -18,6 +22,7 @@ from caslie.cqe import (
     read_answer,
     read_reference_answer,
     run_vote,
+    shared_prefix_length,
     vote_jobs,
 )
 from caslie.data.cache import VoteCache, read_shards
@@ -205,3 +210,47 @@ def test_control_strings_in_a_judged_caption_are_text_to_the_voter(tmp_path):
     template_eos = plain.count(eos)
     assert ids[1].count(eos) == template_eos  # the caption's </s> is text, not an end of turn
     assert ids[1].count(tok.bos_token_id) == plain.count(tok.bos_token_id)
+
+
+@pytest.mark.parametrize(
+    ("seqs", "n"),
+    [([[1, 2, 3, 4], [1, 2, 5]], 2), ([[1, 2, 3], [1, 2, 3]], 2), ([[7, 8, 9]], 2),
+     ([[5], [5]], 0), ([[1, 2], [3, 4]], 0), ([[1, 2, 3, 4], [1, 2, 3, 9], [1, 9]], 1)],
+)  # fmt: skip
+def test_the_shared_prefix_leaves_a_token_to_every_sequence(seqs, n):
+    assert shared_prefix_length([torch.tensor(s) for s in seqs]) == n
+
+
+@pytest.mark.parametrize("model", ["tiny:voter-llama", "tiny:voter-mistral", "tiny:llava"])
+def test_batches_on_a_shared_prefix_score_each_prompt_as_it_scores_alone(tmp_path, model):
+    cfg = _cfg(tmp_path)
+    jobs, _ = vote_jobs(cfg, select_records(cfg, None, ["val"], 2))
+    prompts, tasks = [j.prompt for j in jobs], [j.record.task for j in jobs]
+    voter = Voter("v", model, cfg.cqe)
+    alone = [voter.score([p])[0] for p in prompts]  # one unpadded row, no prefix: the plain pass
+    got, passes, mixed = [None] * len(prompts), 0, 0
+    for rows, p_yes in voter.score_stream(prompts, 4, tasks):
+        passes += 1
+        mixed += len({tasks[i] for i in rows}) > 1  # openings of different lengths in one batch
+        for i, p in zip(rows, p_yes, strict=True):
+            got[i] = p
+    assert mixed and passes == -(-len(prompts) // 4)  # as few passes as the batch size allows
+    assert max(abs(a - b) for a, b in zip(alone, got, strict=True)) < 1e-5
+    sa = voter.encode_ids([p for p, t in zip(prompts, tasks, strict=True) if t == "sa"])
+    # The chat header, system message and the template's first sentence are run once per task.
+    assert len(sa) > 1 and shared_prefix_length(sa) > 20
+    voter.reuse_prefix = False
+    assert max(abs(a - b) for a, b in zip(alone, voter.score(prompts), strict=True)) < 1e-5
+
+
+def test_vote_logs_progress_with_rate_and_eta(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(caslie.jobs, "PROGRESS_INTERVAL_S", 0.0)  # a line after every batch
+    cfg = _cfg(tmp_path, "data.voters=[tiny-llama]", "cqe.batch_size=4")
+    with caplog.at_level(logging.INFO, logger="caslie.cqe"):
+        summary = run_vote(cfg, tasks=["cc"])
+    lines = [r.getMessage() for r in caplog.records if r.name == "caslie.cqe"]
+    running = [m for m in lines if re.fullmatch(
+        r"tiny-llama \(score\): \d+/\d+ captions \(\d+\.\d%\), \d+\.\d captions/s, ETA \d+:\d\d:\d\d", m)]  # fmt: skip
+    assert len(running) >= 2 and running[-1].startswith(f"tiny-llama (score): {summary.done}/")
+    assert re.fullmatch(rf"tiny-llama \(score\): {summary.done}/{summary.done} captions in "
+                        r"\d+:\d\d:\d\d, \d+\.\d captions/s", lines[-1])  # fmt: skip
