@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -45,9 +46,14 @@ from caslie.record import Record
 from caslie.tasks import TASKS
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 NESTED_IMAGES = {"mllama"}  # processors that take one list of images per prompt
 NO_PROMPT = {"blip-2"}  # captions from the image alone
+SIZED_IMAGES = {"mllama", "llava_next"}  # image tokens (tiles, grid cells) follow the image's shape
+
+WINDOW_BATCHES = 4
+"""Batches fetched at once and sorted by image size and prompt length before they are cut."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,7 @@ class Captioner:
         self.kind = self.model.config.model_type
         self.tokenizer = self.processor.tokenizer
         pad_for_generation(self.tokenizer)
+        self.tokenizer_lock = threading.Lock()
 
     @property
     def raw_format(self) -> bool:
@@ -135,21 +142,57 @@ class Captioner:
             return clean_reference(text, self.kind)
         return clean_caption(text)
 
-    @torch.no_grad()
-    def caption(self, images: list, instructions: list[str]) -> list[str]:
-        """Greedy captions for a batch of images, one instruction each."""
+    def prepare(self, images: list, instructions: list[str]) -> dict[str, torch.Tensor]:
+        """The processor's batch (CPU tensors) for images and their instructions: the image
+        preprocessing and tokenisation, which :func:`caption_ahead` runs while the model works."""
         texts = [self.prompt(i) for i in instructions]
         imgs: list = [[im] for im in images] if self.kind in NESTED_IMAGES else images
-        # Chat templates already hold BOS; the processor adds it to a raw prompt (or none).
-        enc = self.processor(images=imgs, text=texts, padding=True, return_tensors="pt",
-                             add_special_tokens=self.kind in NO_PROMPT or self.raw_format)  # fmt: skip
-        enc = {k: v.to(self.device) for k, v in enc.items()}
+        # A fast tokenizer object refuses concurrent calls ("Already borrowed").
+        with self.tokenizer_lock:
+            # Chat templates already hold BOS; the processor adds it to a raw prompt (or none).
+            return dict(self.processor(images=imgs, text=texts, padding=True, return_tensors="pt",
+                                       add_special_tokens=self.kind in NO_PROMPT or self.raw_format))  # fmt: skip
+
+    @torch.inference_mode()
+    def generate(self, batch: dict[str, torch.Tensor]) -> list[str]:
+        """Greedy captions for a batch made by :meth:`prepare`."""
+        enc = {k: v.to(self.device) for k, v in batch.items()}
         if "pixel_values" in enc:
             enc["pixel_values"] = enc["pixel_values"].to(self.model.dtype)
         out = self.model.generate(**enc, max_new_tokens=self.cfg.max_new_tokens, do_sample=False,
                                   pad_token_id=self.tokenizer.pad_token_id)  # fmt: skip
         new = out[:, enc["input_ids"].shape[1] :]
-        return [self.clean(t) for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+        with self.tokenizer_lock:
+            texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        return [self.clean(t) for t in texts]
+
+    def caption(self, images: list, instructions: list[str]) -> list[str]:
+        """Greedy captions for a batch of images, one instruction each."""
+        return self.generate(self.prepare(images, instructions))
+
+
+def caption_ahead(captioner: Captioner, work: Iterable[tuple[T, list, list[str]]],
+                  ahead: bool | None = None) -> Iterator[tuple[T, list[str]]]:  # fmt: skip
+    """Captions of each ``(tag, images, instructions)`` of ``work``: ``(tag, captions)``.
+
+    With ``ahead`` (default: when the model is not on the CPU), the next batch is prepared (images
+    preprocessed, prompts tokenised) in a second thread while the model captions the current one.
+    On the CPU that thread would take cores and the interpreter from the model's own work (it made
+    the tiny LLaVA slower), so batches are prepared in turn. ``work`` is read in the caller's thread.
+    """
+    if not (captioner.device != "cpu" if ahead is None else ahead):
+        for tag, images, instructions in work:
+            yield tag, captioner.caption(images, instructions)
+        return
+    with ThreadPoolExecutor(1) as helper:
+        pending: tuple[T, Future] | None = None
+        for tag, images, instructions in work:
+            future = helper.submit(captioner.prepare, images, instructions)
+            if pending is not None:
+                yield pending[0], captioner.generate(pending[1].result())
+            pending = (tag, future)
+        if pending is not None:
+            yield pending[0], captioner.generate(pending[1].result())
 
 
 def render_caption_prompt(processor: Any, backend: str, instruction: str, raw: bool = False) -> str:
@@ -216,22 +259,45 @@ def plan(records: list[Record], cfg: CaptionConfig, cached: dict, retry_failed: 
     return jobs, skipped
 
 
-def prefetched_batches(
-    keys: list, size: int, fetch: Callable[[Any], Any]
-) -> Iterator[tuple[list, list]]:
-    """Batches of ``keys`` with ``fetch`` applied to each (8 at a time); the next batch is fetched
-    while the caller works on the current one."""
+def prefetched_batches(keys: list, size: int, fetch: Callable[[Any], Any],
+                       order: Callable[[Any, Any], Any] | None = None,
+                       window: int = WINDOW_BATCHES) -> Iterator[tuple[list, list]]:  # fmt: skip
+    """Batches of ``keys`` with ``fetch`` applied to each (8 at a time).
+
+    Keys are fetched ``window`` batches at a time, the next window while the caller works on the
+    current one; ``order(key, fetched)`` sorts a window before it is cut into batches.
+    """
+    step = size * window
     with ThreadPoolExecutor(8) as fetchers, ThreadPoolExecutor(1) as ahead:
 
-        def fetch_batch(batch: list) -> list:
-            return list(fetchers.map(fetch, batch))
+        def fetch_window(chunk: list) -> list:
+            return list(zip(chunk, fetchers.map(fetch, chunk), strict=True))
 
-        future = ahead.submit(fetch_batch, keys[:size])
-        for begin in range(0, len(keys), size):
-            batch, results = keys[begin : begin + size], future.result()
-            if begin + size < len(keys):
-                future = ahead.submit(fetch_batch, keys[begin + size : begin + 2 * size])
-            yield batch, results
+        future = ahead.submit(fetch_window, keys[:step])
+        for begin in range(0, len(keys), step):
+            fetched = future.result()
+            if begin + step < len(keys):
+                future = ahead.submit(fetch_window, keys[begin + step : begin + 2 * step])
+            if order is not None:
+                fetched.sort(key=lambda pair: order(*pair))
+            for at in range(0, len(fetched), size):
+                part = fetched[at : at + size]
+                yield [k for k, _ in part], [r for _, r in part]
+
+
+def batch_order(backend: str) -> Callable[[tuple[str, str], Any], tuple]:
+    """How a window of fetched images is sorted before it is cut into batches: images that could
+    not be had first (they are recorded without a forward pass), then, for processors whose image
+    tokens depend on the image's size (tiles, any-resolution grids), by size, then by prompt length
+    (so a batch pads little). Every prompt holds one image, so batches agree in image count."""
+
+    def order(key: tuple[str, str], fetched: Any) -> tuple:
+        if isinstance(fetched, ImageError):
+            return (0, (0, 0), 0)
+        size = tuple(fetched.size) if backend in SIZED_IMAGES else (0, 0)
+        return (1, size, len(key[1]))
+
+    return order
 
 
 def run_caption(cfg: Config, tasks: list[str] | None = None, splits: list[str] | None = None,
@@ -288,24 +354,29 @@ def run_caption(cfg: Config, tasks: list[str] | None = None, splits: list[str] |
         states.pop(key, None)
         bar.update(len(groups[key]))
 
-    bar = progress(len(jobs), f"captioning with {cc.model}", "img")
-    with cache.writer(rank) as writer:
-        for batch, images in prefetched_batches(list(groups), cc.batch_size, fetch):
+    def to_caption() -> Iterator[tuple[list, list, list[str]]]:
+        # Longest prompts first, so that a window (and then a batch) holds prompts of similar length.
+        keys = sorted(groups, key=lambda k: len(k[1]), reverse=True)
+        order = batch_order(captioner.kind)
+        for batch, images in prefetched_batches(keys, cc.batch_size, fetch, order):
             ok = []
             for key, im in zip(batch, images, strict=True):
                 if isinstance(im, ImageError):
                     record(key, NA_CAPTION, "failed", str(im))
                 else:
-                    ok.append((key, im))
+                    ok.append(key)
             if ok:
-                texts = captioner.caption([im for _, im in ok], [key[1] for key, _ in ok])
-                for (key, _), text in zip(ok, texts, strict=True):
-                    record(
-                        key,
-                        text or NA_CAPTION,
-                        "ok" if text else "failed",
-                        None if text else "empty caption",
-                    )
+                got = dict(zip(batch, images, strict=True))
+                yield ok, [got[key] for key in ok], [key[1] for key in ok]
+
+    bar = progress(len(jobs), f"captioning with {cc.model}", "image", log)
+    with cache.writer(rank) as writer:
+        for ok, texts in caption_ahead(captioner, to_caption()):
+            for key, text in zip(ok, texts, strict=True):
+                if text:
+                    record(key, text, "ok")
+                else:
+                    record(key, NA_CAPTION, "failed", "empty caption")
     bar.close()
     summary.seconds = time.perf_counter() - start
     return summary

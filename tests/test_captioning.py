@@ -1,7 +1,9 @@
 """``caslie caption`` with the tiny LLaVA on the sample: prompts, cache, resume, shards, kill -9."""
 
 import json
+import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -13,10 +15,22 @@ from pathlib import Path
 import pytest
 from conftest import write_jsonl
 
-from caslie.captioning import clean_reference, instruction_for, render_caption_prompt, run_caption
+import caslie.jobs
+from caslie.captioning import (
+    Captioner,
+    batch_order,
+    caption_ahead,
+    clean_reference,
+    instruction_for,
+    prefetched_batches,
+    render_caption_prompt,
+    run_caption,
+)
 from caslie.config import load_config
 from caslie.data.cache import CaptionCache, read_shards
 from caslie.data.records import load_records, parse_row
+from caslie.data.sources import default_image_root
+from caslie.images import ImageError, ImageLimits, load_image
 from caslie.pretrained import Checkpoint, load_processor
 
 REPO = Path(__file__).resolve().parents[1]
@@ -257,3 +271,60 @@ def test_a_changed_image_is_captioned_again_and_its_old_caption_never_used(tmp_p
     again = run_caption(cfg)
     assert (again.total, again.skipped) == (1, 2)
     assert all(CaptionSource(cfg.data).get(r)[0] is not None for r in records)
+
+
+def test_windows_are_sorted_failures_first_then_by_size_where_it_counts_then_by_prompt():
+    from PIL import Image
+
+    def image(w, h):
+        return Image.new("RGB", (w, h))
+
+    fetched = {"a": image(40, 30), "b": image(30, 40), "c": ImageError("gone"), "d": image(40, 30),
+               "e": image(30, 40), "f": image(30, 40)}  # fmt: skip
+    keys = [(ref, "p" * n) for ref, n in zip("abcdef", (5, 1, 9, 2, 7, 3), strict=True)]
+    got = list(
+        prefetched_batches(keys, 2, lambda k: fetched[k[0]], batch_order("mllama"), window=2)
+    )
+    # Windows of 4 keys, each sorted before it is cut into batches of 2.
+    assert [[k[0] for k in b] for b, _ in got] == [["c", "b"], ["d", "a"], ["f", "e"]]
+    assert all(r is fetched[k[0]] for b, res in got for k, r in zip(b, res, strict=True))
+    plain = list(
+        prefetched_batches(keys, 2, lambda k: fetched[k[0]], batch_order("llava"), window=2)
+    )
+    assert [[k[0] for k in b] for b, _ in plain] == [["c", "b"], ["d", "a"], ["f", "e"]]
+    # e (30x40, a longer prompt) goes before a (40x30) where the size sets the image tokens only.
+    assert batch_order("llava_next")(keys[4], fetched["e"]) < batch_order("llava_next")(
+        keys[0], fetched["a"]
+    )
+    assert batch_order("llava")(keys[0], fetched["a"]) < batch_order("llava")(keys[4], fetched["e"])
+
+
+def test_batches_prepared_ahead_caption_as_one_image_at_a_time(tmp_path):
+    cfg = _cfg(tmp_path)
+    records = load_records(cfg.data, splits=["val"])[0][:6]
+    slots = [(r, j) for r in records for j in range(len(r.images))]
+    root, limits = default_image_root(cfg.data.source), ImageLimits(size=cfg.caption.image_size)
+    images = [load_image(r.images[j], root, limits) for r, j in slots]
+    prompts = [instruction_for(r, j, cfg.caption) for r, j in slots]
+    captioner = Captioner(cfg.caption)
+    single = [captioner.caption([im], [p])[0] for im, p in zip(images, prompts, strict=True)]
+    work = [(list(range(at, at + 3)), images[at : at + 3], prompts[at : at + 3])
+            for at in range(0, len(slots), 3)]  # fmt: skip
+    for ahead in (True, False):
+        got = {i: t for rows, texts in caption_ahead(captioner, work, ahead=ahead)
+               for i, t in zip(rows, texts, strict=True)}  # fmt: skip
+        assert [got[i] for i in range(len(slots))] == single
+
+
+def test_caption_logs_progress_with_rate_and_eta(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(caslie.jobs, "PROGRESS_INTERVAL_S", 0.0)  # a line after every batch
+    cfg = _cfg(tmp_path, "caption.batch_size=2")
+    with caplog.at_level(logging.INFO, logger="caslie.captioning"):
+        summary = run_caption(cfg, tasks=["sa"], limit=2)
+    lines = [r.getMessage() for r in caplog.records if r.name == "caslie.captioning"]
+    head = "captioning with tiny:llava: "
+    running = [m for m in lines if re.fullmatch(
+        re.escape(head) + r"\d+/\d+ images \(\d+\.\d%\), \d+\.\d images/s, ETA \d+:\d\d:\d\d", m)]  # fmt: skip
+    assert len(running) >= 2 and running[-1].startswith(f"{head}{summary.done}/{summary.done} ")
+    assert re.fullmatch(re.escape(f"{head}{summary.done}/{summary.done} images in ")
+                        + r"\d+:\d\d:\d\d, \d+\.\d images/s", lines[-1])  # fmt: skip
