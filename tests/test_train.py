@@ -127,6 +127,8 @@ def test_wandb_offline_run_holds_config_metrics_and_predictions_table(demo_run):
         "train/lr",
         "train/grad_norm",
         "train/tokens_per_s",
+        "train/padding_share",
+        "train/peak_mem_mib",
         "val/primary_mean",
     } <= keys
     final = result.metrics["test_ind"]["sa"]

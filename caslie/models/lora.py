@@ -221,7 +221,10 @@ class LoRAInstructModule(CaslieModule):
         if self.model is None:
             self.model = build_lora_model(self.cfg.model, self.tokenizer)
             self.model.train()  # from_pretrained returns eval mode; the loop expects train mode
-            if self.cfg.data.packing and use_segment_attention(self.model.get_base_model()):
+            # Compiled layers would recompile for every new set of example lengths (a Python
+            # list), so they keep transformers' block-diagonal mask instead.
+            segments = self.cfg.data.packing and not self.cfg.model.compile
+            if segments and use_segment_attention(self.model.get_base_model()):
                 log.info("packed rows: attention runs per example (caslie_segments)")
             if self.cfg.model.compile:
                 log.info("compiled %d decoder layers", compile_layers(self.model.get_base_model()))
