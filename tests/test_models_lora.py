@@ -82,6 +82,7 @@ def test_liger_is_refused_without_a_cuda_gpu(tokenizer):
 def test_compiled_layers_give_the_eager_loss_and_gradients(tokenizer):
     eager = build_lora_model(TINY, tokenizer)
     compiled = build_lora_model(TINY, tokenizer)
+    compiled.load_state_dict(eager.state_dict())  # the same adapter initialisation
     assert compile_layers(compiled.get_base_model()) == 2  # the tiny model's decoder layers
     ids = torch.tensor([tokenizer("a cordless drill with two batteries")["input_ids"]] * 2)
     losses, grads = [], []
