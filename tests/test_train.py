@@ -363,6 +363,9 @@ def test_mv_beats_text_only_on_caption_dependent_rows(tmp_path):
             "data.tasks=[ap]", "data.eval_splits=[test_ind]", "optim.micro_batch_size=16",
             "optim.lr=5e-3", "trainer.max_epochs=10", "trainer.enable_progress_bar=false",
             "logger.wandb.mode=disabled",
+            # As in configs/demo_synthetic.yaml: with LoRA dropout this random tiny model stays at
+            # the majority answer for some seeds (7, 42) and learns the cue for others (1).
+            "model.lora_dropout=0.0",
         ])  # fmt: skip
         results[fusion] = _accuracy_by_dependence(run(cfg).run_dir, dependent)
     print(
