@@ -104,7 +104,7 @@ def check_config(cfg: Config, run_dir: str | Path) -> None:
                     run_dir, ", ".join(diff[:8]))  # fmt: skip
     elif diff:
         raise ConfigError(
-            f"run folder {run_dir} already holds a different config (changed: "
+            f"run folder {run_dir} already holds a different config ({path} differs in: "
             f"{', '.join(diff[:8])}); choose another run.name, or run.overwrite=true to start over"
         )
 
