@@ -19,10 +19,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 from rerun import report_rerun
+from rounds import time_in_rounds
 
 from caslie.captioning import (
     Captioner,
@@ -72,21 +72,13 @@ def main() -> None:
 
         ways = {"batched, slot order": slot_order, "as caslie caption batches": as_caption}
         single = [""] * len(slots)
-        t_single: list[float] = []
-        times: dict[str, list[float]] = {name: [] for name in ways}
-        ratios: dict[str, list[float]] = {name: [] for name in ways}
-        results: dict[str, list[str]] = {}
-        for r in range(args.rounds):
-            rows = range(r, len(slots), args.rounds)
-            start = time.perf_counter()
-            for i in rows:
-                single[i] = captioner.caption([images[i]], [prompts[i]])[0]
-            t_single.append((time.perf_counter() - start) * len(slots) / len(rows))
-            for name, fn in ways.items():
-                start = time.perf_counter()
-                results[name] = fn()
-                times[name].append(time.perf_counter() - start)
-                ratios[name].append(t_single[-1] / times[name][-1])
+
+        def one_at_a_time(i: int) -> None:
+            single[i] = captioner.caption([images[i]], [prompts[i]])[0]
+
+        timing = time_in_rounds(len(slots), args.rounds, one_at_a_time, ways)
+        t_single, times, ratios, results = (timing.reference, timing.times, timing.ratios,
+                                            timing.results)  # fmt: skip
 
         print(f"{len(slots)} images, {cfg.caption.model}, batch {args.batch}, "
               f"{cfg.caption.max_new_tokens} new tokens, {args.rounds} rounds")  # fmt: skip

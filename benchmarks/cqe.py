@@ -25,23 +25,15 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from rerun import report_rerun
+from rounds import time_in_rounds
 
 from caslie.config import load_config
 from caslie.cqe import Voter, cast_votes, group_by_prompt, read_answer, run_vote, vote_jobs
 from caslie.jobs import select_records
-
-
-def timed(fn: Callable[[], list[float]]) -> tuple[float, list[float]]:
-    """Seconds ``fn`` takes, and what it returns."""
-    start = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - start, out
 
 
 def main() -> None:
@@ -86,20 +78,17 @@ def main() -> None:
             "as caslie vote: distinct prompts, prefix once": as_vote,
         }
         answers: list[str] = [""] * len(prompts)
-        t_ref: list[float] = []  # each round's estimate of the full reference run
-        times: dict[str, list[float]] = {name: [] for name in ways}
-        ratios: dict[str, list[float]] = {name: [] for name in ways}
-        results: dict[str, list[float]] = {}
-        for r in range(args.rounds):
-            rows = range(r, len(prompts), args.rounds)
-            start = time.perf_counter()
-            for i in rows:
-                answers[i] = voter.generate([prompts[i]], 16)[0]
-            t_ref.append((time.perf_counter() - start) * len(prompts) / len(rows))
-            for name, fn in ways.items():
-                seconds, results[name] = timed(fn)
-                times[name].append(seconds)
-                ratios[name].append(t_ref[-1] / seconds)
+
+        def reference(i: int) -> None:
+            answers[i] = voter.generate([prompts[i]], 16)[0]
+
+        timing = time_in_rounds(len(prompts), args.rounds, reference, ways)
+        t_ref, times, ratios, results = (
+            timing.reference,
+            timing.times,
+            timing.ratios,
+            timing.results,
+        )
 
         scores = results["batched yes/no scoring, every prompt"]
         for name, got in results.items():
