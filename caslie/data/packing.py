@@ -62,24 +62,21 @@ def collate_packed(features: list[dict]) -> dict[str, torch.Tensor]:
 def collate_training(features: list[dict], pad_id: int, multiple: int = 8,
                      packed: bool = False) -> dict:  # fmt: skip
     """A training or validation-loss batch: packed (:func:`collate_packed`) or right-padded
-    (:func:`~caslie.data.tokenize.collate_train`), with ``logit_positions`` and, as plain Python
-    values counted here so that throughput logging reads no device tensor, ``seq_lens`` (each
-    example's length), ``n_tokens`` (their sum) and ``n_computed`` (with padding)."""
+    (:func:`~caslie.data.tokenize.collate_train`), with ``logit_positions`` and ``seq_lens``, each
+    example's length as a plain list: the boundaries of a packed row, and the token counts that
+    throughput logging reads without touching a device tensor."""
     if packed:
         batch = collate_packed(features)
-        batch["caslie_segments"] = [len(f["input_ids"]) for f in features]
     else:
         batch = collate_train(features, pad_id, multiple)
         batch["logit_positions"] = logit_positions(batch["labels"])
     batch["seq_lens"] = [len(f["input_ids"]) for f in features]
-    batch["n_tokens"] = sum(batch["seq_lens"])
-    batch["n_computed"] = batch["input_ids"].numel()
     return batch
 
 
 def token_counts(batch: dict) -> tuple[int, int]:
-    """(real tokens, tokens computed) of a training batch (from its counts, else its mask)."""
-    if "n_tokens" in batch:
-        return batch["n_tokens"], batch["n_computed"]
+    """(real tokens, tokens computed) of a training batch (from its ``seq_lens``, else its mask)."""
+    if "seq_lens" in batch:
+        return sum(batch["seq_lens"]), batch["input_ids"].numel()  # numel: shape, not data
     mask = batch["attention_mask"]
     return int(mask.sum()), mask.numel()

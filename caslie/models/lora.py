@@ -266,10 +266,13 @@ class LoRAInstructModule(CaslieModule):
         the LM head over every position is most of a small model's work. With ``model.liger`` the
         model's fused linear cross-entropy computes the loss without materialising logits.
         """
-        names = ("input_ids", "attention_mask", "position_ids", "caslie_segments")
+        names = ("input_ids", "attention_mask", "position_ids")
         inputs = {k: batch[k] for k in names if k in batch}
-        if self.model.config._attn_implementation != SEGMENTS:
-            inputs.pop("caslie_segments", None)  # flash-attention finds the examples itself
+        # A packed row (position ids, no mask) tells segment attention where its examples start;
+        # flash-attention finds them itself from the position ids.
+        packed = "position_ids" in batch and "attention_mask" not in batch
+        if packed and self.model.config._attn_implementation == SEGMENTS:
+            inputs["caslie_segments"] = batch["seq_lens"]
         keep = batch.get("logit_positions")
         if keep is None or self.cfg.model.liger:
             return self.model(**inputs, labels=batch["labels"], use_cache=False).loss
