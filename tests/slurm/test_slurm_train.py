@@ -109,7 +109,9 @@ def test_sigkill_mid_epoch_then_resubmit_resumes_from_the_periodic_checkpoint(
 ):
     job = submit(slurm, tmp_path, "kill")
     slurm.wait_log(job, r"train epoch 1/2 step 5/")
-    slurm.run("scancel", "--signal=KILL", "--full", job.id)
+    # SIGKILL to the training step's tasks only: killing the batch shell first makes SLURM end the
+    # job step with a SIGTERM, which can reach a task before the SIGKILL does and save a resume point.
+    slurm.run("scancel", "--signal=KILL", f"{job.id}.0")
     assert slurm.wait_done(job) in ("FAILED", "CANCELLED")
     saved = torch.load(tmp_path / "kill/checkpoints/last.ckpt", map_location="cpu",
                        weights_only=True)["global_step"]  # fmt: skip
