@@ -31,7 +31,8 @@ from callbacks.resume_point import ResumePoint
 from callbacks.throughput import TokenThroughput
 from caslie.checkpoints import AtomicCheckpointIO, checkpoint_path, resolve_ckpt
 from caslie.cluster import in_slurm_step, requeue
-from caslie.config import Config, DataConfig, load_config, to_dict
+from caslie.config import Config, DataConfig, load_config, split_argv, to_dict
+from caslie.config_print import add_config_flags
 from caslie.console import quiet_known_warnings, setup_logging
 from caslie.csv_log import RunCSVLogger
 from caslie.data.sources import default_image_root
@@ -64,6 +65,7 @@ from caslie.run_dir import (
 from caslie.run_lock import RunLock
 from caslie.signals import StopRequested
 from caslie.strategy import build_strategy
+from caslie.validate import config_flags
 from datamodules.base import CaslieDataModule
 from datamodules.clip import CLIPDataModule
 from datamodules.mmec import MMECDataModule
@@ -381,7 +383,8 @@ def predict(cfg: Config, adapter_run: Path | None = None, which: str = "best") -
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The command line: ``--config``, ``--resume`` and dotted overrides in any order."""
+    """The command line: ``--config``, ``--resume``, ``--print-config``, ``--validate`` and dotted
+    overrides (``a.b=c``, ``--a.b=c``, ``--a.b c``) in any order."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--config", required=True, action="append",
@@ -401,12 +404,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--checkpoint", default="best", help="with --adapter-run: best, last or a file"
     )
-    args, overrides = parser.parse_known_args(argv)
+    add_config_flags(parser)
+    options, overrides = split_argv(sys.argv[1:] if argv is None else argv)
+    args, unknown = parser.parse_known_args(options)
+    overrides = unknown + overrides  # an unknown option gets the config's key suggestions
     setup_logging(is_rank_zero())
     try:
         cfg = load_config(args.config, overrides + ["trainer.ckpt_path=last"] * args.resume)
         if cfg.run.name == AUTO_NAME:
             cfg.run.name = auto_run_name(args.config, overrides)
+        command = "predict" if args.predict else "train"
+        code = config_flags(cfg, command, args.print_config, args.validate, "train.py")
+        if code is not None:
+            return code
         result = predict(cfg, args.adapter_run, args.checkpoint) if args.predict else run(cfg)
     except CaslieError as err:
         print(f"train.py: error: {err}", file=sys.stderr)

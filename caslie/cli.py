@@ -9,7 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from caslie.config import SPLITS, Config, load_config
+from caslie.config import SPLITS, Config, load_config, split_argv
+from caslie.config_print import add_config_flags
 from caslie.console import setup_logging
 from caslie.data.fusion import fuse_records
 from caslie.data.records import SHOWN_SKIPS, load_records
@@ -153,6 +154,7 @@ def _parser() -> argparse.ArgumentParser:
     ins.add_argument("--split", default="train", choices=SPLITS)
     ins.add_argument("--n", type=int, default=3, help="rows per task")
     ins.add_argument("--format", default="text", choices=("text", "jsonl"))
+    add_config_flags(ins)
     ev = sub.add_parser("evaluate", help="score a predictions file with the paper's metrics")
     ev.add_argument(
         "--data", required=True, help="MMECInstruct rows (file, folder, hub id or 'sample')"
@@ -191,6 +193,7 @@ def _parser() -> argparse.ArgumentParser:
         else:
             job.add_argument("--compare", action="store_true",
                              help="also run generate mode and report its agreement with score mode")  # fmt: skip
+        add_config_flags(job)
     pr = sub.add_parser(
         "predict", help="evaluation only: a released checkpoint, or a run's adapter"
     )
@@ -198,6 +201,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--model", help="the checkpoint to evaluate (hub id, folder or tiny:<name>)")
     pr.add_argument("--run", type=Path, help="a training run whose adapter is evaluated")
     pr.add_argument("--checkpoint", default="best", help="with --run: best, last or a file")
+    add_config_flags(pr)
     gr = sub.add_parser("grid", help="run an ablation grid here, or submit it to SLURM")
     gr.add_argument("grid", type=Path, help="grid file (configs/grids/<name>.yaml)")
     gr.add_argument("--slurm", action="store_true",
@@ -219,6 +223,26 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", required=True, type=Path, help="folder for the merged model")
     ex.add_argument("--checkpoint", default="best", help="best, last, or a checkpoint file")
     return parser
+
+
+CONFIG_COMMANDS = ("inspect", "caption", "vote", "predict")
+"""Commands that take a config, its overrides, ``--print-config`` and ``--validate``."""
+
+
+def _config_only(args: argparse.Namespace, overrides: list[str]) -> int:
+    """``--print-config`` / ``--validate`` of a command, which then does nothing else."""
+    from caslie.validate import config_flags  # imports Lightning (its strategy names) and torch
+
+    if args.command == "predict":
+        if args.config is None and args.run is None:
+            raise ConfigError("caslie predict needs --config (with --model) or --run")
+        config = args.config or str(args.run / "config.yaml")
+        overrides = overrides + [f"model.name_or_path={args.model}"] * bool(args.model)
+    else:
+        config = args.config
+    code = config_flags(load_config(config, overrides), args.command, args.print_config,
+                        args.validate, "caslie")  # fmt: skip
+    return 0 if code is None else code
 
 
 def _grid(path: Path, slurm: bool, dry_run: bool, sbatch: list[str]) -> None:
@@ -247,11 +271,15 @@ def _grid(path: Path, slurm: bool, dry_run: bool, sbatch: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``caslie``."""
     parser = _parser()
-    args, overrides = parser.parse_known_args(argv)
-    if overrides and args.command not in ("inspect", "caption", "vote", "predict"):
+    options, overrides = split_argv(sys.argv[1:] if argv is None else argv)
+    args, unknown = parser.parse_known_args(options)
+    overrides = unknown + overrides  # an unknown option gets the config's key suggestions
+    if overrides and args.command not in CONFIG_COMMANDS:
         parser.error(f"unrecognized arguments: {' '.join(overrides)}")
     setup_logging()
     try:
+        if args.command in CONFIG_COMMANDS and (args.print_config or args.validate):
+            return _config_only(args, overrides)
         if args.command == "inspect":
             inspect(load_config(args.config, overrides), args.split, args.n, args.format)
         elif args.command == "caption":

@@ -2,8 +2,10 @@
 
 A run's config is built as ``schema <- base files <- config file <- overrides`` and then turned into
 dataclass objects, so each section's ``__post_init__`` checks its values before anything heavy starts.
-Overrides are OmegaConf dotlists (``optim.lr=3e-4``) or the ``--optim.lr=3e-4`` form a W&B sweep agent
-passes with ``${args}``.
+Overrides are OmegaConf dotlists (``optim.lr=3e-4``), the ``--optim.lr=3e-4`` form a W&B sweep agent
+passes with ``${args}``, or ``--optim.lr 3e-4``; :func:`split_argv` finds them anywhere on a command
+line. Each value's source (a file, the command line, the default) is kept for ``--print-config``,
+and relative paths resolve by the one rule of :mod:`caslie.config_paths`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from caslie.cluster import AUTO, resolve_devices
+from caslie.config_paths import OVERRIDE, resolve_paths
 from caslie.errors import ConfigError, UnknownTaskError
 from caslie.redact import env_interpolations, keep_secrets_out
 from caslie.tasks import TASK_CODES, get_task
@@ -664,8 +667,9 @@ class Config:
 # Loading
 
 
-def read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> DictConfig:
-    """Read a YAML file and, first, the files its ``base:`` list names (relative to it)."""
+def read_layers(path: Path, chain: tuple[Path, ...] = ()) -> list[tuple[Path, DictConfig]]:
+    """A YAML file and, before it, the files its ``base:`` list names (relative to it), depth
+    first: ``(file, its own keys)`` in the order they are merged."""
     if path in chain:
         raise ConfigError(f"config inheritance loops: {' -> '.join(map(str, chain + (path,)))}")
     if not path.is_file():
@@ -681,12 +685,31 @@ def read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> DictConfig:
     bases = node.pop("base", None) or []
     if isinstance(bases, str):
         bases = [bases]
-    merged = OmegaConf.create({})
+    layers: list[tuple[Path, DictConfig]] = []
     for base in bases:
-        merged = OmegaConf.merge(
-            merged, read_yaml((path.parent / str(base)).resolve(), chain + (path,))
-        )
-    return OmegaConf.merge(merged, node)
+        layers += read_layers((path.parent / str(base)).resolve(), chain + (path,))
+    return layers + [(path, node)]
+
+
+def read_yaml(path: Path) -> DictConfig:
+    """A YAML file merged over the files its ``base:`` list names."""
+    merged = OmegaConf.create({})
+    for _, node in read_layers(path):
+        merged = OmegaConf.merge(merged, node)
+    return merged
+
+
+def leaf_keys(node: DictConfig, prefix: str = "") -> list[str]:
+    """The dotted keys of a config node's values (a list is one value)."""
+    keys = []
+    for key in node:
+        dotted = f"{prefix}{key}"
+        value = node._get_node(key)
+        if isinstance(value, DictConfig) and not OmegaConf.is_interpolation(node, key):
+            keys += leaf_keys(value, dotted + ".")
+        else:
+            keys.append(dotted)
+    return keys
 
 
 def _valid_keys(schema: Any, prefix: str = "") -> list[str]:
@@ -759,6 +782,39 @@ def parse_overrides(args: list[str]) -> list[str]:
     return out
 
 
+_KEY = re.compile(r"[A-Za-z_][\w-]*(\.[\w/-]+)*")
+
+
+def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Take the config overrides out of a command line, wherever they stand.
+
+    ``key=value``, ``--a.b=value`` and ``--a.b value`` are overrides (a command's own options have
+    no dot in their names), so they may come before, between or after the options, and an option
+    that takes several values (``--splits train val``) stops where the overrides start.
+
+    Returns:
+        ``(the other arguments, the overrides)``, each in its order, ``--a.b value`` joined into
+        ``--a.b=value``.
+    """
+    options: list[str] = []
+    overrides: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        name, eq, _ = arg.removeprefix("--").partition("=")
+        if arg.startswith("--") and "." in name and _KEY.fullmatch(name):
+            if not eq and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                arg = f"{arg}={argv[i + 1]}"  # the space-separated form: --a.b value
+                i += 1
+            overrides.append(arg)
+        elif not arg.startswith("-") and eq and _KEY.fullmatch(name):
+            overrides.append(arg)
+        else:
+            options.append(arg)
+        i += 1
+    return options, overrides
+
+
 def _wrap_scalars_for_lists(base: DictConfig, other: DictConfig) -> None:
     """Let a list field take a single value (``data.tasks=sa`` means ``[sa]``)."""
     for key in list(other.keys()):
@@ -799,13 +855,18 @@ def load_config(path: str | Path | Sequence[str | Path] | None = None,
     Returns:
         The validated :class:`Config`.
 
+    Relative paths come back absolute, by the rule of :mod:`caslie.config_paths`.
+
     Raises:
         ConfigError: unknown keys (with the closest valid key), bad types or values.
     """
     cfg = OmegaConf.structured(Config)
     paths = [] if path is None else [path] if isinstance(path, (str, Path)) else list(path)
+    sources: dict[str, str] = {}  # dotted key -> the file (or OVERRIDE) that set it last
     for one in paths:
-        cfg = _merge(cfg, read_yaml(Path(one).resolve()), str(one))
+        for layer, node in read_layers(Path(one).resolve()):
+            cfg = _merge(cfg, node, str(layer))
+            sources |= dict.fromkeys(leaf_keys(node), str(layer))
     if overrides:
         dotlist = parse_overrides(overrides)
         try:
@@ -815,8 +876,11 @@ def load_config(path: str | Path | Sequence[str | Path] | None = None,
                 f"cannot parse overrides {dotlist}: {' '.join(str(err).split())}"
             ) from None
         cfg = _merge(cfg, other, "command-line overrides")
+        sources |= dict.fromkeys(leaf_keys(other), OVERRIDE)
     obj = to_object(cfg)
+    resolve_paths(obj, sources)
     obj._env_interpolations = env_interpolations(cfg)  # what to_yaml and to_dict write back
+    obj._sources = sources  # what --print-config shows beside each value
     obj.data.loaded_from = [str(p) for p in paths]  # advice repeats them (caslie.data.advice)
     return obj
 

@@ -57,6 +57,11 @@ def precision_for(dtype: torch.dtype) -> str:
     return {torch.bfloat16: "bf16-mixed", torch.float16: "16-mixed"}.get(dtype, "32-true")
 
 
+def tiny_names() -> list[str]:
+    """The offline tiny models a config can name as ``tiny:<name>``."""
+    return list(tiny.TINY)
+
+
 def resolve_pretrained(name_or_path: str, what: str = "model") -> str:
     """Map a config's model id to what ``from_pretrained`` should load.
 

@@ -41,7 +41,8 @@ def test_a_failed_attempt_without_checkpoints_does_not_block_the_corrected_retry
     save_config(load_config(None, ["run.name=x", "data.votes=cache/wrong"]), tmp_path / "run")
     fixed = load_config(None, ["run.name=x", "data.votes=cache/votes"])
     path = save_config(fixed, tmp_path / "run")  # nothing was trained: replaced
-    assert OmegaConf.load(path).data.votes == "cache/votes"
+    assert OmegaConf.load(path).data.votes == fixed.data.votes
+    assert Path(fixed.data.votes).parts[-2:] == ("cache", "votes")
 
 
 def test_only_rank_zero_writes_and_every_rank_checks(tmp_path, monkeypatch):

@@ -19,7 +19,7 @@ BOTTOM = {
     "caslie.errors", "caslie.tasks", "caslie.record", "caslie.config", "caslie.prompts",
     "caslie.hub", "caslie.images", "caslie.parsing", "caslie.metrics", "caslie.generation",
     "caslie.optim", "caslie.resume", "caslie.cluster", "caslie.signals", "caslie.console", "caslie.paper",
-    "caslie.redact", "caslie.run_lock",
+    "caslie.redact", "caslie.run_lock", "caslie.config_paths", "caslie.config_print",
 }  # fmt: skip
 """Modules below ``caslie.data``: they import only each other."""
 
@@ -27,8 +27,9 @@ LOCAL_IMPORTS_ALLOWED = {"caslie.cli"}
 """Modules that import project modules inside functions, each saying why in a comment: the ``caslie``
 commands load torch and transformers only when a command needs them."""
 
-MIRROR_EXCEPTIONS = {"test_structure", "test_sweeps", "test_demo"}
-"""Test files about the whole project, its sweep files or its demo rather than one module."""
+MIRROR_EXCEPTIONS = {"test_structure", "test_sweeps", "test_demo", "test_readme"}
+"""Test files about the whole project, its sweep files, its demo or its README rather than one
+module."""
 
 
 def _module_name(path: Path) -> str:
