@@ -96,7 +96,7 @@ def load_adapted(run_dir: Path, which: str = "best") -> tuple[Any, Any]:
 
 def _check_out(out: Path, run_dir: Path, force: bool) -> None:
     """Refuse an ``--out`` that is a file, or a non-empty folder without ``force``; never one that
-    holds the run (``force`` replaces ``out`` as a whole)."""
+    holds the run or the current folder (``force`` replaces ``out`` as a whole)."""
     if not out.exists():
         return
     if not out.is_dir():
@@ -108,8 +108,9 @@ def _check_out(out: Path, run_dir: Path, force: bool) -> None:
             f"--out {out} exists and is not empty; choose another folder, or add --force to "
             f"replace it"
         )
-    if run_dir.resolve().is_relative_to(out.resolve()):
-        raise ConfigError(f"--out {out} holds the run {run_dir}; --force would delete it")
+    for kept in (run_dir, Path.cwd()):
+        if kept.resolve().is_relative_to(out.resolve()):
+            raise ConfigError(f"--out {out} holds {kept.resolve()}; --force would delete it")
 
 
 def _peft(cfg: Config, model: Any, tokenizer: Any, out: Path) -> None:
@@ -136,6 +137,18 @@ def _peft(cfg: Config, model: Any, tokenizer: Any, out: Path) -> None:
     card.data.tags = tags + [f"base_model:adapter:{name}"] * hub_id
     card.data.base_model = name if hub_id else None
     card.save(out / "README.md")
+
+
+def _write(cfg: Config, ckpt: dict[str, Any], fmt: str, out: Path) -> None:
+    if cfg.model.kind == "fashionclip":
+        export_clip(cfg, ckpt, out)
+        return
+    model, tokenizer = _adapted(cfg, ckpt)
+    if fmt == "peft":
+        _peft(cfg, model, tokenizer, out)
+    else:
+        model.merge_and_unload().save_pretrained(out, safe_serialization=True)
+        tokenizer.save_pretrained(out)
 
 
 def export_run(run_dir: Path, out: Path, fmt: str = "merged", which: str = "best",
@@ -169,18 +182,15 @@ def export_run(run_dir: Path, out: Path, fmt: str = "merged", which: str = "best
     _check_out(out, run_dir, force)
     ckpt = run_checkpoint(cfg, run_dir, which)
     resolve_pretrained(cfg.model.name_or_path)  # a missing base model: one line, before any write
+    out = out.resolve()
     partial = out.with_name(f".{out.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    if cfg.model.kind == "fashionclip":
-        export_clip(cfg, ckpt, partial)
-    else:
-        model, tokenizer = _adapted(cfg, ckpt)
-        if fmt == "peft":
-            _peft(cfg, model, tokenizer, partial)
-        else:
-            model.merge_and_unload().save_pretrained(partial, safe_serialization=True)
-            tokenizer.save_pretrained(partial)
+    try:
+        _write(cfg, ckpt, fmt, partial)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     if out.exists():
         shutil.rmtree(out)
     partial.rename(out)

@@ -86,12 +86,13 @@ def export_clip(cfg: Config, ckpt: dict[str, Any], out: Path) -> None:
     (out / HEADS_SPEC).write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
 
 
-def load_heads(folder: Path) -> tuple[torch.nn.ModuleDict, dict[str, Any]]:
+def load_heads(folder: str | Path) -> tuple[torch.nn.ModuleDict, dict[str, Any]]:
     """The task heads of an export folder and its :data:`HEADS_SPEC`.
 
     Raises:
         MissingPathError: the folder holds no FashionCLIP export.
     """
+    folder = Path(folder)
     spec_path = folder / HEADS_SPEC
     if not spec_path.is_file():
         raise MissingPathError(f"{spec_path} does not exist: {folder} is no FashionCLIP export")
