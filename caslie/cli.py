@@ -218,10 +218,15 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", type=Path, help="output folder (default: FOLDER/report)")
     fix = sub.add_parser("repair", help="move corrupt lines of a caption or vote cache aside")
     fix.add_argument("folder", type=Path, help="the cache folder (data.captions or data.votes)")
-    ex = sub.add_parser("export", help="merge a run's LoRA adapter into its base model")
-    ex.add_argument("--run", required=True, type=Path, help="the run folder (runs/<name>)")
-    ex.add_argument("--out", required=True, type=Path, help="folder for the merged model")
+    ex = sub.add_parser("export", help="a run's model as a PEFT adapter or a standalone model")
+    ex.add_argument("run_dir", nargs="?", type=Path, help="the run folder (runs/<name>)")
+    ex.add_argument("--run", type=Path, help="the run folder, as an option (same as RUN_DIR)")
+    ex.add_argument("--out", required=True, type=Path, help="folder to write")
+    ex.add_argument("--format", default="merged", choices=("merged", "peft"),
+                    help="merged: the adapter merged into the base model (FashionCLIP: the CLIP "
+                         "model and heads); peft: the adapter folder PeftModel loads")  # fmt: skip
     ex.add_argument("--checkpoint", default="best", help="best, last, or a checkpoint file")
+    ex.add_argument("--force", action="store_true", help="replace a non-empty --out")
     return parser
 
 
@@ -266,6 +271,18 @@ def _grid(path: Path, slurm: bool, dry_run: bool, sbatch: list[str]) -> None:
     if failed:
         raise CaslieError(f"grid {spec.name}: not finished: {', '.join(failed)}; rerun the same "
                           "command to run only those")  # fmt: skip
+
+
+def _export(args: argparse.Namespace) -> None:
+    from caslie.export import (
+        export_run,  # Commands import their module late: caslie starts without torch
+    )
+
+    if (args.run_dir is None) == (args.run is None):
+        raise ConfigError("caslie export takes the run folder once: RUN_DIR or --run")
+    run_dir = args.run_dir or args.run
+    out = export_run(run_dir, args.out, args.format, args.checkpoint, args.force)
+    print(f"{args.format} export of {run_dir}: {out}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -332,9 +349,7 @@ def main(argv: list[str] | None = None) -> int:
                 + "".join(f"\n  {m}" for m in moved)
             )
         elif args.command == "export":
-            from caslie.export import export_merged
-
-            print(f"merged model: {export_merged(args.run, args.out, args.checkpoint)}")
+            _export(args)
     except CaslieError as err:
         print(f"caslie: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR

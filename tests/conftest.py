@@ -104,6 +104,16 @@ def demo_run(tmp_path_factory):
     return cfg, run(cfg)
 
 
+@pytest.fixture(scope="session")
+def clip_run(tmp_path_factory):
+    """One trained FashionCLIP run on ``tiny:clip`` (config, result), for the tests that read it."""
+    tmp = tmp_path_factory.mktemp("clip")
+    cfg = clip_config(
+        tmp, "trainer.max_epochs=1", "optim.lr=1e-3", f"data.cache_dir={tmp / 'cache'}"
+    )
+    return cfg, run(cfg)
+
+
 def demo_config(tmp: Path, *overrides: str) -> Config:
     """``configs/demo.yaml`` writing under ``tmp``, with the shipped votes and no progress bar."""
     base = [f"run.output_dir={tmp / 'runs'}", f"data.cache_dir={tmp / 'cache'}",

@@ -60,6 +60,10 @@ class FashionCLIPModule(CaslieModule):
         self.label_index = label_index
         self._bound = True
 
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """The label index, so an export names each head's outputs without the data."""
+        return {"label_index": self.label_index}
+
     def configure_model(self) -> None:
         """Load CLIP and build one linear head per classification task (once)."""
         if self.clip is not None:
