@@ -52,6 +52,10 @@ class TinySpec:
     intermediate_size: int = 128
     decisive: bool = False
     """Boost the output rows of "yes" and "no", so the random model answers yes or no (a voter)."""
+    model_vocab: int | None = None
+    """Rows of the embedding and LM head when a real model's vocabulary is wanted (the tokenizer
+    keeps ``vocab_size``; the extra rows are never produced, but cost in the LM head what a real
+    vocabulary costs)."""
 
 
 TINY = {
@@ -63,6 +67,10 @@ TINY = {
     "voter-mistral": TinySpec("mistral", decisive=True),
     # benchmarks/train_throughput.py: wide enough that matrix products, not Python, set the pace
     "wide-mistral": TinySpec("mistral", hidden_size=256, layers=4, heads=8, intermediate_size=896),
+    # the same with Mistral-7B-v0.3's 32768-row embedding and LM head
+    "wide-mistral-32k": TinySpec(
+        "mistral", hidden_size=256, layers=4, heads=8, intermediate_size=896, model_vocab=32768
+    ),
     # benchmarks/gpu_check.sh: a 1.1B-parameter random model, to measure GPU paths at a real size
     "bench-1b": TinySpec(
         "mistral", hidden_size=2048, layers=24, heads=16, kv_heads=8, intermediate_size=5632
@@ -152,7 +160,7 @@ def build_model(name: str, tokenizer, seed: int = 0):
     spec = TINY[name]
     config_cls = MistralConfig if spec.architecture == "mistral" else LlamaConfig
     config = config_cls(
-        vocab_size=len(tokenizer),
+        vocab_size=max(len(tokenizer), spec.model_vocab or 0),
         hidden_size=spec.hidden_size,
         intermediate_size=spec.intermediate_size,
         num_hidden_layers=spec.layers,

@@ -89,3 +89,18 @@ def test_generation_tokenizers_pad_left_with_eos(tmp_path):
     generate = load_tokenizer(Checkpoint(str(tmp_path / "nopad")), pad="eos")
     assert generate.pad_token == generate.eos_token and generate.padding_side == "left"
     assert len(generate) == len(tok)  # generation never grows the vocabulary
+
+
+@pytest.mark.slow
+def test_a_real_vocabulary_widens_the_embedding_and_lm_head_not_the_tokenizer(
+    tmp_path, monkeypatch
+):
+    from transformers import AutoConfig
+
+    monkeypatch.setenv("CASLIE_CACHE", str(tmp_path))
+    wide, real = ensure_tiny("wide-mistral"), ensure_tiny("wide-mistral-32k")
+    assert AutoConfig.from_pretrained(real).vocab_size == 32768
+    assert AutoConfig.from_pretrained(wide).vocab_size < 32768
+    text = "A 500 ml stainless steel water bottle, leak-proof lid."
+    ids = [AutoTokenizer.from_pretrained(p)(text)["input_ids"] for p in (wide, real)]
+    assert ids[0] == ids[1]
