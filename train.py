@@ -13,7 +13,10 @@ import argparse
 import contextlib
 import json
 import logging
+import re
 import sys
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +36,7 @@ from caslie.checkpoints import AtomicCheckpointIO, checkpoint_path, resolve_ckpt
 from caslie.cluster import in_slurm_step, requeue
 from caslie.config import Config, DataConfig, load_config, split_argv, to_dict
 from caslie.config_print import add_config_flags
-from caslie.console import quiet_known_warnings, setup_logging
+from caslie.console import setup_logging
 from caslie.csv_log import RunCSVLogger
 from caslie.data.sources import default_image_root
 from caslie.errors import EXIT_USER_ERROR, CaslieError, ConfigError
@@ -66,6 +69,7 @@ from caslie.run_lock import RunLock
 from caslie.signals import StopRequested
 from caslie.strategy import build_strategy
 from caslie.validate import config_flags
+from caslie.wandb_staging import staging_in
 from datamodules.base import CaslieDataModule
 from datamodules.clip import CLIPDataModule
 from datamodules.mmec import MMECDataModule
@@ -261,6 +265,22 @@ def _finish_wandb(logger: WandbLogger | None, trainer: L.Trainer, exit_code: int
             q.setLevel(level)
 
 
+@contextlib.contextmanager
+def _resuming_quietly(run_dir: Path, resuming: bool) -> Iterator[None]:
+    """A resumed fit without Lightning's warning that this run's own checkpoint folder is not empty
+    (it holds the checkpoint being resumed). Elsewhere, and for any other folder, it still shows:
+    there it means another run's checkpoints could be overwritten."""
+    with warnings.catch_warnings():
+        if resuming:
+            # ModelCheckpoint names its folder by its real path.
+            folder = (run_dir / "checkpoints").resolve()
+            warnings.filterwarnings(
+                "ignore", message=re.escape(f"Checkpoint directory {folder} exists and is not empty"),
+                module=r"lightning\.pytorch\.callbacks\.model_checkpoint",
+            )  # fmt: skip
+        yield
+
+
 def _checkpoint_callbacks(cfg: Config, run_dir: Path) -> tuple[ModelCheckpoint | None, list]:
     """The best checkpoint (by ``val``, when validated) and the resume point ``last.ckpt``."""
     best = None
@@ -309,7 +329,6 @@ def _run_locked(cfg: Config, run_dir: Path, callbacks: list | None) -> RunResult
     dm, module = build_data_and_module(cfg, run_dir)
 
     ckpt = resolve_ckpt(ckpt_request, run_dir)
-    quiet_known_warnings()
     best_cb, checkpoints = _checkpoint_callbacks(cfg, run_dir)
     image_root = (
         Path(cfg.data.image_root) if cfg.data.image_root else default_image_root(cfg.data.source)
@@ -332,17 +351,21 @@ def _run_locked(cfg: Config, run_dir: Path, callbacks: list | None) -> RunResult
         trainer.loggers = [*trainer.loggers, wandb_logger]
         module.wandb_run_id = wandb_logger._id
     exit_code = 1
-    try:
-        trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True)
-        best = _own_best(best_cb)
-        trainer.test(module, datamodule=dm, ckpt_path=best or None, weights_only=True,
-                     verbose=False)  # fmt: skip
-        exit_code = 0
-    except StopRequested as stop:
-        exit_code = stop.exit_code
-        raise
-    finally:
-        _finish_wandb(wandb_logger, trainer, exit_code=exit_code)
+    with staging_in(run_dir):  # W&B's copies of the logged tables stay with this run
+        try:
+            with _resuming_quietly(run_dir, resuming=ckpt is not None):
+                trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True)
+            best = _own_best(best_cb)
+            # Not verbose: print_summary shows the project's own table (per task and split, with
+            # means) instead of Lightning's one row per logged value.
+            trainer.test(module, datamodule=dm, ckpt_path=best or None, weights_only=True,
+                         verbose=False)  # fmt: skip
+            exit_code = 0
+        except StopRequested as stop:
+            exit_code = stop.exit_code
+            raise
+        finally:
+            _finish_wandb(wandb_logger, trainer, exit_code=exit_code)
     mark_finished(run_dir)
     metrics = module.eval_results.get("metrics", {})
     return RunResult(run_dir, dm.manifest, metrics, best, report.table)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import lightning as L
 
+from caslie.metrics import rounded
 from caslie.run_dir import write_json_rank_zero
 
 
@@ -23,4 +24,5 @@ class DataManifest(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit" or not self.path.exists():
-            write_json_rank_zero(self.path, trainer.datamodule.manifest)
+            # Its timings round like every number a results file keeps.
+            write_json_rank_zero(self.path, rounded(trainer.datamodule.manifest))

@@ -12,13 +12,15 @@ from lightning.pytorch.loggers import WandbLogger
 
 from caslie.evaluation import PRIMARY_MEAN, format_table, write_predictions
 from caslie.images import ImageError, ImageLimits, load_image
+from caslie.metrics import rounded
 from caslie.run_dir import write_atomic
 
 log = logging.getLogger(__name__)
 
 
 class EvalReport(L.Callback):
-    """Writes ``predictions/<split>.jsonl`` and ``metrics.json`` and logs W&B tables (rank zero).
+    """Writes ``predictions/<split>.jsonl`` and ``metrics.json`` (metrics rounded to
+    :data:`caslie.metrics.DECIMALS` decimals) and logs W&B tables (rank zero).
 
     The caption used % comes from the datamodule's manifest. Table images are read through
     :func:`caslie.images.load_image`, the loader the data uses: a path outside ``image_root``, a
@@ -58,7 +60,7 @@ class EvalReport(L.Callback):
         }
         # FashionCLIP adds its counts of truncated texts and missing images.
         payload |= {k: v for k, v in results.items() if k not in ("metrics", "rows")}
-        write_atomic(self.run_dir / "metrics.json", json.dumps(payload, indent=2))
+        write_atomic(self.run_dir / "metrics.json", json.dumps(rounded(payload), indent=2))
         self.table = format_table(metrics)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):

@@ -126,13 +126,6 @@ def _print_dry_run(items, fmt: str) -> None:
         out.write((item["chat"] if item["chat"] is not None else item["prompt"]) + "\n\n")
 
 
-def _rounded(value, digits: int = 4):
-    """``value`` with every float rounded, for printing."""
-    if isinstance(value, dict):
-        return {k: _rounded(v, digits) for k, v in value.items()}
-    return round(value, digits) if isinstance(value, float) else value
-
-
 def _write_metrics(path: Path, metrics: dict) -> None:
     """Write ``caslie evaluate``'s metrics JSON.
 
@@ -323,12 +316,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(cqe.run_vote(cfg, args.tasks, args.splits, args.limit, args.compare).text())
         elif args.command == "evaluate":
             from caslie.evaluation import evaluate_file
+            from caslie.metrics import rounded
 
-            metrics = evaluate_file(
-                args.data, args.predictions, args.parser, args.split, args.allow_missing
+            metrics = rounded(  # printed and written alike, as a training run's metrics.json
+                evaluate_file(
+                    args.data, args.predictions, args.parser, args.split, args.allow_missing
+                )
             )
-            print(json.dumps(_rounded(metrics), indent=2))
-            if args.out:  # the file keeps every digit (float64)
+            print(json.dumps(metrics, indent=2))
+            if args.out:
                 _write_metrics(args.out, metrics)
         elif args.command == "predict":
             return predict(args, overrides)

@@ -1,7 +1,10 @@
 """What the entry points print: one log handler, rank zero at INFO, and known third-party noise
 filtered there (not globally, so a library user's own warnings setup is left alone).
 
-Each filter names the message it drops and why it is noise for this project's users.
+Each filter names the message it drops, the module that raises it and why it is noise for this
+project's users. Two more are handled where they arise, in ``train.py``: wandb's "anonymous setting"
+warning (the setting Lightning passes is left out) and Lightning's "Checkpoint directory ... exists
+and is not empty" (dropped for a resumed fit into the run's own folder only).
 """
 
 from __future__ import annotations
@@ -12,15 +15,34 @@ import warnings
 
 KNOWN_NOISE = (
     # transformers 5 deprecates the attribute peft still reads when gradient checkpointing is on.
-    (FutureWarning, r"`is_gradient_checkpointing` is deprecated"),
+    (FutureWarning, r"`is_gradient_checkpointing` is deprecated", r"transformers\.modeling_utils"),
     # Lightning's own use of a torch pytree API that torch deprecated.
-    (Warning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),
+    (FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+     r"lightning\.pytorch\.utilities\._pytree"),
+    # torch.utils.mkldnn (loaded by torch.fx, as under torch.compile) defines TorchScript methods at
+    # import; nothing here scripts.
+    (DeprecationWarning, r"`torch\.jit\.script_method` is deprecated", r"torch\.jit\._script"),
     # The sampler position travels in the module's checkpoint, which this check cannot see.
-    (Warning, r"You're resuming from a checkpoint that ended before"),
+    (Warning, r"You're resuming from a checkpoint that ended before",
+     r"lightning\.pytorch\.loops\.training_epoch_loop"),
     # On a machine with SLURM installed, every local run: the sbatch scripts start srun themselves.
-    (Warning, r"The `srun` command is available on your system but is not used"),
+    (Warning, r"The `srun` command is available on your system but is not used",
+     r"lightning\.fabric\.plugins\.environments\.slurm"),
+)  # fmt: skip
+"""(category, message pattern, module pattern) of warnings that say nothing a user can act on. Each
+names the module that raises it (the same message from anywhere else is still shown)."""
+
+KNOWN_NOISE_LOGS = (
+    # An advertisement for a hosted logger, at every Trainer start.
+    "💡 Tip: For seamless cloud logging",
 )
-"""(category, message pattern) of warnings that say nothing a user can act on."""
+"""Openings of log lines that Lightning's rank-zero loggers (:data:`RANK_ZERO_LOGGERS`) drop."""
+
+RANK_ZERO_LOGGERS = (
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning.fabric.utilities.rank_zero",
+)
+"""The loggers Lightning's ``rank_zero_info`` writes to (whichever of its packages loaded last)."""
 
 
 class _DropMessages(logging.Filter):
@@ -52,8 +74,7 @@ def setup_logging(rank_zero: bool = True) -> None:
         lib.handlers = []
         lib.propagate = True
         lib.setLevel(logging.NOTSET)
-    # An advertisement for a hosted logger, at every Trainer start.
-    handler.addFilter(_DropMessages("💡 Tip: For seamless cloud logging"))
+    quiet_known_logs()
     # Says at every save of a full training checkpoint that it is one: noise in a job log.
     logging.getLogger("lightning.pytorch.trainer.connectors.checkpoint_connector").setLevel(
         logging.WARNING
@@ -68,9 +89,20 @@ def setup_logging(rank_zero: bool = True) -> None:
 
 
 def quiet_known_warnings() -> None:
-    """Drop the warnings in :data:`KNOWN_NOISE`."""
-    for category, pattern in KNOWN_NOISE:
-        warnings.filterwarnings("ignore", message=pattern, category=category)
+    """Drop the warnings in :data:`KNOWN_NOISE`, each only when its own module raises it."""
+    for category, message, module in KNOWN_NOISE:
+        # The whole module name, as `python -W` matches it (a bare pattern matches its start only).
+        warnings.filterwarnings("ignore", message=message, category=category, module=module + r"\Z")
+
+
+def quiet_known_logs() -> None:
+    """Drop the log lines in :data:`KNOWN_NOISE_LOGS`, on Lightning's rank-zero loggers only."""
+    drop = _DropMessages(*KNOWN_NOISE_LOGS)
+    for name in RANK_ZERO_LOGGERS:
+        logger = logging.getLogger(name)
+        # setup_logging may run twice in one process (a test, a command calling another).
+        logger.filters = [f for f in logger.filters if not isinstance(f, _DropMessages)]
+        logger.addFilter(drop)
 
 
 def quiet_progress_bars() -> None:

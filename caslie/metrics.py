@@ -10,6 +10,10 @@ zero denominator is 0 (sklearn's ``zero_division=0``).
 torchmetrics counts true/false positives and negatives per class; the ratios are then taken in
 Python floats (float64), because torchmetrics' own ratios are float32 and would differ from sklearn's
 (the paper's scripts) in the seventh digit.
+
+Written metrics (``metrics.json``, ``caslie evaluate``) keep :data:`DECIMALS` decimals
+(:func:`rounded`): the paper reports three, so six are exact for any comparison with it, and a ratio
+such as 2/3 does not print as ``0.6666666666666666``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ import torch
 from torchmetrics.functional.classification import binary_stat_scores, multiclass_stat_scores
 
 from caslie.tasks import BINARY, CHOICE, TASKS
+
+DECIMALS = 6
+"""Decimals every written metric keeps (see :func:`rounded`)."""
 
 
 def _indexed(
@@ -102,3 +109,20 @@ def mean_primary(per_task: dict[str, dict[str, Any]]) -> float | None:
     """Mean of each task's primary metric; a task whose every prediction failed counts as 0."""
     values = [m.get(m["primary"]) or 0.0 for m in per_task.values() if isinstance(m, dict)]
     return sum(values) / len(values) if values else None
+
+
+def rounded(value: Any, digits: int = DECIMALS) -> Any:
+    """``value`` with every float inside it (in dicts, lists and tuples) a Python float rounded to
+    ``digits`` decimals: the form results files store metrics in. Other values are kept as they are.
+
+    Args:
+        value: A metric, or a nest of them (``{split: {task: metrics}}``).
+        digits: Decimals to keep.
+    """
+    if isinstance(value, dict):
+        return {k: rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [rounded(v, digits) for v in value]
+    if isinstance(value, float):
+        return round(float(value), digits)
+    return value

@@ -1,15 +1,19 @@
-"""EvalReport: W&B table images go through the data's image loader; a refused one is missing."""
+"""EvalReport: W&B table images go through the data's image loader (a refused one is missing);
+metrics.json keeps the written decimals."""
 
 import io
 import json
 import logging
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 from lightning.pytorch.loggers import WandbLogger
 from PIL import Image
 
 from callbacks.eval_report import EvalReport
+from caslie.metrics import DECIMALS
 
 
 def _png(size, color=(10, 200, 30), mode="RGB") -> bytes:
@@ -78,3 +82,23 @@ def test_refused_images_are_missing_in_the_table_and_never_copied(tmp_path, capl
 def test_the_default_limits_refuse_private_urls():
     report = EvalReport(Path("run"), Path("data"))
     assert report.image_limits.allow_private is False
+
+
+def test_metrics_json_keeps_six_decimals_of_the_float64_metrics(tmp_path):
+    # 0.8 seen through float32 and 2/3 in float64: the kinds of digits a run's metrics carry.
+    noisy, third = float(np.float32(0.8)), 2 / 3
+    metrics = {"test_ind": {"sa": {"primary": "macro_f1", "macro_f1": third, "acc": noisy,
+                                   "macro_recall": None, "failed": 1, "n": 5},
+                            "primary_mean": third}}  # fmt: skip
+    trainer = SimpleNamespace(is_global_zero=True, loggers=[], ckpt_path=None, global_step=12,
+                              datamodule=SimpleNamespace(manifest={"caption_used_pct": {}}))  # fmt: skip
+    module = SimpleNamespace(eval_results={"metrics": metrics, "rows": [_row(0, "x.png")]})
+    EvalReport(tmp_path, tmp_path, n_table_rows=0).on_test_end(trainer, module)
+    text = (tmp_path / "metrics.json").read_text()
+    numbers = re.findall(r"(?<![\w.])-?\d+(?:\.\d+)?(?:e-?\d+)?(?![\w.])", text)
+    assert numbers and all(len(n.partition(".")[2]) <= DECIMALS for n in numbers), numbers
+    saved = json.loads(text)["metrics"]["test_ind"]
+    assert saved["sa"]["acc"] == round(noisy, DECIMALS) == 0.8
+    assert saved["sa"]["macro_f1"] == saved["primary_mean"] == round(third, DECIMALS)
+    assert saved["sa"]["macro_recall"] is None and saved["sa"]["failed"] == 1
+    assert json.loads(text)["global_step"] == 12

@@ -2,10 +2,11 @@
 
 import random
 
+import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 
-from caslie.metrics import mean_primary, task_metrics
+from caslie.metrics import DECIMALS, mean_primary, rounded, task_metrics
 
 TOL = 1e-12
 
@@ -67,3 +68,19 @@ def test_all_failed_gives_none_and_counts_zero_in_the_mean():
     got = task_metrics("psi", ["yes", "no"], [None, None])
     assert got["f1"] is None and got["failed"] == 2
     assert mean_primary({"psi": got, "cc": task_metrics("cc", ["A"], ["A"])}) == pytest.approx(0.5)
+
+
+def test_rounded_keeps_the_written_decimals_of_every_float_and_nothing_else():
+    noisy = float(np.float32(0.8))  # 0.800000011920929: a float32 ratio read as float64
+    scored = task_metrics("sa", ["a", "a", "b"], ["a", "b", "b"])
+    nest = {"test_ind": {"sa": scored | {"acc": noisy}, "primary_mean": 2 / 3},
+            "checkpoint": None, "pct": [12.5, 1 / 3], "caption_used": [True, False]}  # fmt: skip
+    out = rounded(nest)
+    assert DECIMALS == 6
+    sa = out["test_ind"]["sa"]
+    assert sa["acc"] == 0.8 and out["test_ind"]["primary_mean"] == 0.666667
+    assert sa["macro_f1"] == round(scored["macro_f1"], 6) != scored["macro_f1"]  # 2/3 in float64
+    assert sa["n"] == 3 and type(sa["n"]) is int and sa["primary"] == "macro_f1"
+    assert out["checkpoint"] is None and out["pct"] == [12.5, 0.333333]
+    assert out["caption_used"] == [True, False]  # booleans are not floats here
+    assert rounded(2 / 3, 2) == 0.67

@@ -88,7 +88,11 @@ def read_run(path: Path) -> dict:
         elif kind == "artifact":
             art = rec.artifact
             paths = [entry.path for entry in art.manifest.contents]
-            out["artifacts"].append({"name": art.name, "type": art.type, "paths": paths})
+            # Where `wandb sync` reads each file from (wandb's staging copy).
+            local = [entry.local_path for entry in art.manifest.contents]
+            out["artifacts"].append(
+                {"name": art.name, "type": art.type, "paths": paths, "local_paths": local}
+            )
         elif kind == "files":
             out["files"] += [f.path for f in rec.files.files]
     return out
