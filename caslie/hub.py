@@ -34,13 +34,25 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt
 """Files one of which a tokenizer is built from (``tokenizer_config.json`` alone is not enough)."""
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 
-FOLDER_NEEDS = {
-    "config": ("config.json",),
-    "weights": ("config.json", "weights"),
+PART_NEEDS = {
+    "config": ("config",),
+    "weights": ("config", "weights"),
     "tokenizer": ("tokenizer",),
     "processor": ("processor", "tokenizer"),
 }
-"""What each part needs in a local folder, in the order it is checked."""
+"""What loading each part needs, in the order it is checked."""
+
+NEED_FILES = {
+    "config": ("config.json",),
+    "tokenizer": TOKENIZER_FILES,
+    "processor": PROCESSOR_FILES,
+}
+NEED_NAMES = {
+    "config": "config.json",
+    "weights": "weight file (*.safetensors, *.bin)",
+    "tokenizer": "tokenizer file (tokenizer.json, tokenizer.model, vocab.json...)",
+    "processor": "processor config (preprocessor_config.json or processor_config.json)",
+}
 
 NETWORK_ERRORS = {
     "ConnectionError",
@@ -189,8 +201,10 @@ def _hub_reason(chain: list[BaseException], wanted: Wanted) -> str | None:
     if has(hf.RevisionNotFoundError) or (
         "Revision '" in ds_message and "doesn't exist" in ds_message
     ):
-        return (f"the hub has no revision '{wanted.revision or 'main'}' of it: set model.revision "
-                f"to a branch, tag or commit listed on {wanted.page()}")  # fmt: skip
+        if not wanted.revision:  # only the default branch was asked for
+            return f"the repo has no main branch: check the id, or {wanted.alternative}"
+        return (f"the hub has no revision '{wanted.revision}' of it: set model.revision to a "
+                f"branch, tag or commit listed on {wanted.page()}")  # fmt: skip
     if has(hf.RepositoryNotFoundError) or ds_message:
         return (f"no such {wanted.repo_type} on the Hugging Face Hub, or it is private: check the "
                 f"id, {login} if it is private, or {wanted.alternative}")  # fmt: skip
@@ -198,7 +212,8 @@ def _hub_reason(chain: list[BaseException], wanted: Wanted) -> str | None:
     if remote is not None:
         url = getattr(getattr(remote, "response", None), "url", None)
         file = str(url).rsplit("/", 1)[-1] if url else "a file it needs"
-        return f"the repo has no {file}: check that the id names a complete {wanted.repo_type}"
+        return (f"the repo has no {file}: check that the id names a complete {wanted.repo_type}, "
+                f"or {wanted.alternative}")  # fmt: skip
     return None
 
 
@@ -228,20 +243,45 @@ def _offline_reason(wanted: Wanted) -> str:
     )
 
 
-def folder_gap(folder: Path, part: str) -> str | None:
-    """What a local model folder lacks for ``part`` (``weights``, ``tokenizer``...), else ``None``."""
-    for need in FOLDER_NEEDS.get(part, ()):
-        if need == "config.json" and not (folder / "config.json").is_file():
-            return "no config.json"
-        if need == "weights" and not any(
-            p.suffix in WEIGHT_SUFFIXES and p.is_file() for p in folder.iterdir()
-        ):
-            return f"no weight file ({', '.join('*' + s for s in WEIGHT_SUFFIXES[:2])})"
-        if need == "tokenizer" and not any((folder / f).is_file() for f in TOKENIZER_FILES):
-            return f"no tokenizer file ({', '.join(TOKENIZER_FILES[:3])}...)"
-        if need == "processor" and not any((folder / f).is_file() for f in PROCESSOR_FILES):
-            return f"no processor config ({' or '.join(PROCESSOR_FILES)})"
+def _has(names: set[str], need: str) -> bool:
+    if need == "weights":
+        return any(Path(n).suffix in WEIGHT_SUFFIXES for n in names)
+    return bool(names & set(NEED_FILES[need]))
+
+
+def gap(present: set[str], part: str, absent: set[str] | None = None) -> str | None:
+    """What loading ``part`` needs that is missing, e.g. ``no config.json``, else ``None``.
+
+    Args:
+        present: The file names there are.
+        part: ``config``, ``weights``, ``tokenizer`` or ``processor``.
+        absent: File names known not to exist (the hub cache's record of files the hub answered
+            "no such file" for); a need counts as missing only when one of its files is in it.
+            ``None`` for a local folder, where not present is absent.
+    """
+    for need in PART_NEEDS.get(part, ()):
+        if not _has(present, need) and (absent is None or _has(absent, need)):
+            return f"no {NEED_NAMES[need]}"
     return None
+
+
+def _names_in(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir() if p.is_file()} if folder.is_dir() else set()
+
+
+def cache_gap(wanted: Wanted) -> str | None:
+    """What the hub said ``wanted`` lacks, from the local hub cache (``.no_exist`` records the
+    files the hub answered "no such file" for), else ``None``."""
+    from huggingface_hub import constants
+
+    repo = Path(constants.HF_HUB_CACHE) / f"{wanted.repo_type}s--{wanted.name.replace('/', '--')}"
+    revision = wanted.revision or "main"
+    try:
+        commit = (repo / "refs" / revision).read_text(encoding="utf-8").strip()
+    except OSError:
+        commit = revision  # a commit hash has no ref
+    absent = _names_in(repo / ".no_exist" / commit)
+    return gap(_names_in(repo / "snapshots" / commit), wanted.part, absent) if absent else None
 
 
 def unavailable(err: BaseException, wanted: Wanted) -> UnavailableError | None:
@@ -257,16 +297,18 @@ def unavailable(err: BaseException, wanted: Wanted) -> UnavailableError | None:
         type): the caller reports that its own way.
     """
     if wanted.folder is not None:
-        gap = folder_gap(wanted.folder, wanted.part)
-        if gap is None:
+        lack = gap(_names_in(wanted.folder), wanted.part)
+        if lack is None:
             return None
         return UnavailableError(
-            f"{wanted.subject()}: the folder has {gap}; save the complete model there "
+            f"{wanted.subject()}: the folder has {lack}; save the complete model there "
             f"(save_pretrained of the model and its tokenizer), or point {wanted.what} at the "
             f"folder that has it"
         )
     chain = _chain(err)
     reason = _hub_reason(chain, wanted)
+    if reason is None and wanted.repo_type == "model" and (lack := cache_gap(wanted)):
+        reason = f"the repo has {lack}: check that the id names a complete model, or {wanted.alternative}"
     if reason is None and _not_cached(chain):
         if not hub_offline():
             return HubUnavailableError(_unreachable(wanted, first_line(err, 120)))
@@ -274,7 +316,8 @@ def unavailable(err: BaseException, wanted: Wanted) -> UnavailableError | None:
     if reason is None:
         missing = next((m for e in chain if (m := _NO_FILE.search(str(e)))), None)
         if missing is not None:
-            reason = f"the repo has no {missing.group(1)}: check that the id names a complete model"
+            reason = (f"the repo has no {missing.group(1)}: check that the id names a complete "
+                      f"model, or {wanted.alternative}")  # fmt: skip
     if reason is None and any(_names(e) & NETWORK_ERRORS for e in chain):
         return HubUnavailableError(_unreachable(wanted, first_line(err, 120)))
     return UnavailableError(f"{wanted.subject()}: {reason}") if reason else None
