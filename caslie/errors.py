@@ -46,7 +46,13 @@ class CacheError(CaslieError, RuntimeError):
     """A caption or vote cache that cannot be read (corrupt entry, missing folder)."""
 
 
-class HubUnavailableError(CaslieError, RuntimeError):
+class UnavailableError(CaslieError, OSError):
+    """A model, tokenizer, processor or dataset that cannot be loaded: not in the local cache in
+    offline mode, not on the hub, gated, without the revision or file asked for, or a local folder
+    that lacks its weights, tokenizer files or ``config.json`` (see :mod:`caslie.hub`)."""
+
+
+class HubUnavailableError(UnavailableError, RuntimeError):
     """A hub id was requested and the hub cannot be reached."""
 
 

@@ -8,12 +8,18 @@ by a :class:`Checkpoint` and loaded here, with the same keyword arguments: ``dty
 * an existing folder: used as it is;
 * anything else: a hub id, checked for reachability first, so an offline machine fails within
   seconds with a message that names the id.
+
+Whatever is missing (offline and not cached, gated, no such repo, revision or file, a folder
+without weights or tokenizer files) ends in one :class:`~caslie.errors.UnavailableError` line,
+worded by :func:`caslie.hub.unavailable`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +27,8 @@ from typing import Any
 import torch
 
 from caslie import tiny
-from caslie.errors import ConfigError, MissingPathError
-from caslie.hub import require_hub
+from caslie.errors import CaslieError, ConfigError, MissingPathError
+from caslie.hub import WEIGHT_SUFFIXES, Wanted, first_line, require_hub, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +68,7 @@ def tiny_names() -> list[str]:
     return list(tiny.TINY)
 
 
-def resolve_pretrained(name_or_path: str, what: str = "model") -> str:
+def resolve_pretrained(name_or_path: str, what: str = "model", revision: str | None = None) -> str:
     """Map a config's model id to what ``from_pretrained`` should load.
 
     Raises:
@@ -83,7 +89,7 @@ def resolve_pretrained(name_or_path: str, what: str = "model") -> str:
         return str(path)
     if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
         raise MissingPathError(f"{what} path '{name_or_path}' does not exist")
-    require_hub(name_or_path, what, "set it to a local folder (or a tiny:<name> model)")
+    require_hub(Wanted(name_or_path, what, revision=revision))
     return name_or_path
 
 
@@ -122,7 +128,14 @@ class Checkpoint:
 
     def path(self) -> str:
         """What ``from_pretrained`` loads (see :func:`resolve_pretrained`)."""
-        return resolve_pretrained(self.name_or_path, self.what)
+        return resolve_pretrained(self.name_or_path, self.what, self.revision)
+
+    def wanted(self, part: str, path: str) -> Wanted:
+        """How messages name this checkpoint's ``part`` loaded from ``path`` (:meth:`path`); a
+        folder's revision plays no part, so it is not named."""
+        folder = Path(path) if Path(path).is_dir() else None
+        return Wanted(self.name_or_path, self.what, part, None if folder else self.revision,
+                      folder=folder)  # fmt: skip
 
     def revision_key(self) -> str:
         """What identifies these weights, found without loading them (votes are keyed by it).
@@ -147,9 +160,6 @@ class Checkpoint:
         if self.attn_implementation:
             kwargs["attn_implementation"] = self.attn_implementation
         return kwargs
-
-
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 
 def _folder_key(folder: Path) -> str:
@@ -187,27 +197,44 @@ def load_model(ckpt: Checkpoint, auto_class: Any, dtype: torch.dtype | None = No
     kwargs = ckpt.model_kwargs()
     if dtype is not None:
         kwargs["dtype"] = dtype
-    return auto_class.from_pretrained(ckpt.path(), **kwargs)
+    path = ckpt.path()
+    # Only OSError falls back: a ValueError (a config that is no causal LM) is the caller's to word.
+    with _loading(ckpt, "weights", path, unloadable=(OSError,)):
+        return auto_class.from_pretrained(path, **kwargs)
 
 
-def _unloadable(ckpt: Checkpoint, part: str, err: Exception) -> ConfigError:
-    first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-    return ConfigError(f"cannot load the {part} of {ckpt.what} '{ckpt.name_or_path}': {first}")
+@contextmanager
+def _loading(ckpt: Checkpoint, part: str, path: str,
+             unloadable: tuple[type[Exception], ...] = (OSError, ValueError)) -> Iterator[None]:  # fmt: skip
+    """Every ``from_pretrained`` runs in this: a missing checkpoint, part or file becomes the one
+    line :func:`caslie.hub.unavailable` words; other ``unloadable`` errors become a
+    :class:`ConfigError` with the library's first line."""
+    try:
+        yield
+    except CaslieError:
+        raise
+    except Exception as err:
+        wanted = ckpt.wanted(part, path)
+        missing = unavailable(err, wanted)
+        if missing is not None:
+            raise missing from None
+        if isinstance(err, unloadable):
+            raise ConfigError(f"{wanted.subject()}: {first_line(err)}") from None
+        raise
 
 
 def model_config(ckpt: Checkpoint) -> Any:
     """The checkpoint's transformers config (``AutoConfig``), without loading weights.
 
     Raises:
+        UnavailableError: a config that is missing (not cached offline, not on the hub...).
         ConfigError: a folder or id that holds no loadable config.
     """
     from transformers import AutoConfig
 
     path = ckpt.path()
-    try:
+    with _loading(ckpt, "config", path):
         return AutoConfig.from_pretrained(path, **ckpt.common_kwargs())
-    except (OSError, ValueError) as err:
-        raise _unloadable(ckpt, "config", err) from None
 
 
 def repeated_layers(ckpt: Checkpoint, causal_lm: bool = True, names: list[str] | None = None
@@ -254,10 +281,8 @@ def load_processor(ckpt: Checkpoint) -> Any:
     from transformers import AutoProcessor
 
     path = ckpt.path()
-    try:
+    with _loading(ckpt, "processor", path):
         return AutoProcessor.from_pretrained(path, **ckpt.common_kwargs())
-    except (OSError, ValueError) as err:
-        raise _unloadable(ckpt, "processor", err) from None
 
 
 def load_tokenizer(ckpt: Checkpoint | str, pad: str = "distinct") -> Any:
@@ -274,10 +299,8 @@ def load_tokenizer(ckpt: Checkpoint | str, pad: str = "distinct") -> Any:
     if isinstance(ckpt, str):
         ckpt = Checkpoint(ckpt, what="tokenizer")
     path = ckpt.path()
-    try:
+    with _loading(ckpt, "tokenizer", path):
         tok = AutoTokenizer.from_pretrained(path, **ckpt.common_kwargs())
-    except (OSError, ValueError) as err:
-        raise _unloadable(ckpt, "tokenizer", err) from None
     if pad == "eos":
         pad_for_generation(tok)
     else:

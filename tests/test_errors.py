@@ -5,6 +5,7 @@ bad input; a case passes when the command returns 2 and prints ``<program>: erro
 naming what to fix, without a traceback. Two cases run as subprocesses, as a user would.
 """
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from conftest import write_jsonl
 import train
 from caslie import errors
 from caslie.cli import main as caslie_main
+from caslie.tiny import ensure_tiny
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -102,11 +104,12 @@ CASLIE_CASES = {
 }  # fmt: skip
 
 
-def _one_error_line(err: str, program: str, expected: str) -> None:
+def _one_error_line(err: str, program: str, expected: str) -> str:
     assert "Traceback" not in err, err
     lines = [line for line in err.splitlines() if line.startswith(f"{program}: error:")]
     assert len(lines) == 1, err
     assert expected in lines[0], lines[0]
+    return lines[0]
 
 
 @pytest.mark.parametrize("case", sorted(TRAIN_CASES))
@@ -127,6 +130,30 @@ def test_caslie_commands_print_one_line_for_each_kind_of_bad_input(
     code = caslie_main([a.format(**bad_inputs) for a in args])
     assert code == errors.EXIT_USER_ERROR
     _one_error_line(capsys.readouterr().err, "caslie", expected)
+
+
+FOLDER_LACKS = {
+    "weights": (["model.safetensors"], "weights", "the folder has no weight file (*.safetensors"),
+    "tokenizer": (["tokenizer.json"], "tokenizer", "the folder has no tokenizer file (tokenizer.json"),
+    "config.json": (["config.json"], "config", "the folder has no config.json"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(FOLDER_LACKS))
+def test_a_model_folder_without_a_part_names_the_folder_and_what_it_lacks(
+    case, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(REPO)
+    removed, part, expected = FOLDER_LACKS[case]
+    folder = tmp_path / "saved-model"
+    shutil.copytree(ensure_tiny("mistral"), folder)
+    for name in removed:
+        (folder / name).unlink()
+    code = train.main(_demo(str(tmp_path), f"model.name_or_path={folder}", "trainer.max_steps=1"))
+    assert code == errors.EXIT_USER_ERROR
+    line = _one_error_line(capsys.readouterr().err, "train.py", expected)
+    assert f"cannot load the {part} of model.name_or_path '{folder}': " in line
+    assert "save the complete model there" in line
 
 
 def test_every_user_error_derives_from_the_base():

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from caslie.errors import DataError
-from caslie.hub import require_hub
+from caslie.hub import Wanted, first_line, require_hub, unavailable
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_DIR = REPO_ROOT / "data" / "sample"
@@ -164,12 +164,19 @@ def iter_raw_rows(source: str, hub_split: str = "train") -> Iterator[tuple[str, 
         for path in files:
             yield from _iter_file(path)
     else:
-        require_hub(str(where), "dataset", "set data.source to a local .json/.jsonl/.parquet")
+        wanted = Wanted(str(where), "dataset", repo_type="dataset",
+                        alternative="set data.source to a local .json/.jsonl/.parquet")  # fmt: skip
+        require_hub(wanted)
         import datasets
 
         try:
             ds = datasets.load_dataset(str(where), split=hub_split)
         except Exception as err:  # the library raises many types; say which id failed
-            raise DataError(f"cannot load dataset '{where}' (split '{hub_split}'): {err}") from err
+            missing = unavailable(err, wanted)
+            if missing is not None:
+                raise missing from None
+            raise DataError(
+                f"cannot load dataset '{where}' (split '{hub_split}'): {first_line(err)}"
+            ) from None
         for i, row in enumerate(ds):
             yield f"{where}[{i}]", row
