@@ -96,7 +96,7 @@ CASLIE_CASES = {
     "evaluate missing predictions": (["evaluate", "--data", "sample", "--predictions", "{no_file}"],
                                      "no-such.json"),  # fmt: skip
     "evaluate bad rows": (["evaluate", "--data", "{rows}", "--predictions", "{no_file}"], "field 'output'"),
-    "export missing run": (["export", "--run", "{no_votes}", "--out", "{tmp}/out"], "config file not found"),
+    "export missing run": (["export", "--run", "{no_votes}", "--out", "{tmp}/out"], "is not a run folder"),
     "export missing checkpoint": (["export", "--run", "{run}", "--out", "{tmp}/out"], "does not exist"),
     "export junk checkpoint": (["export", "--run", "{run}", "--out", "{tmp}/out", "--checkpoint", "{junk}"],
                                "not a readable checkpoint"),

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from huggingface_hub import hf_hub_download
 
 from caslie.errors import HubUnavailableError, UnavailableError
@@ -138,6 +139,10 @@ def _export_run(tmp_path: Path) -> Path:
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text("model:\n  name_or_path: org/name\n")
+    # A checkpoint that passes export's checks, so the base model is what turns out missing.
+    (run / "checkpoints").mkdir()
+    adapter = {"model.base_model.model.lm_head.lora_A.default.weight": torch.zeros(1, 1)}
+    torch.save({"state_dict": adapter}, run / "checkpoints" / "best.ckpt")
     return run
 
 
