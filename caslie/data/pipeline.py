@@ -206,14 +206,19 @@ def build_dataset(cfg: DataConfig, tokenizer: Any, splits: list[str] | None = No
             batch_size=1000,
             remove_columns=["head", "input_text", "tail", "parts"],
         )
-    dropped = [i for i, keep in enumerate(tokenised["keep"]) if not keep]
-    too_long = Counter(f"{tokenised[i]['task']}/{tokenised[i]['split']}" for i in dropped)
-    train_drops = [i for i in dropped if tokenised[i]["split"] == cfg.train_split]
+    # Whole columns at once: iterating a Dataset column formats one row per step.
+    task_col, split_col, keep_col, trimmed_col = (
+        _column(tokenised, c) for c in ("task", "split", "keep", "trimmed")
+    )
+    dropped = [i for i, keep in enumerate(keep_col) if not keep]
+    too_long = Counter(f"{task_col[i]}/{split_col[i]}" for i in dropped)
+    train_drops = [i for i in dropped if split_col[i] == cfg.train_split]
     if train_drops:
-        first = tokenised[train_drops[0]]
+        first = train_drops[0]
         message = (
             f"{len(train_drops)} training example(s) do not fit data.max_length={cfg.max_length} "
-            f"even trimmed (first: row {first['id']}, task {first['task']}); raise data.max_length"
+            f"even trimmed (first: row {_column(tokenised, 'id')[first]}, task {task_col[first]}); "
+            "raise data.max_length"
         )
         if cfg.on_error == "raise":
             raise DataError(message)
@@ -247,7 +252,7 @@ def build_dataset(cfg: DataConfig, tokenizer: Any, splits: list[str] | None = No
         "skipped_no_captions": dict(fusion_report.skipped),
         "duplicate_ids": load_report.duplicate_ids,
         "skipped_rows": load_report.skipped_rows,
-        "trimmed": dict(Counter(f"{t}/{s}" for t, s, tr in zip(tokenised["task"], tokenised["split"], tokenised["trimmed"], strict=True) if tr)),
+        "trimmed": dict(Counter(f"{t}/{s}" for t, s, tr in zip(task_col, split_col, trimmed_col, strict=True) if tr)),
         "too_long_dropped": len(dropped),
         "skipped_too_long": dict(sorted(too_long.items())),
         "caption_used_pct": fusion_report.used_pct(),
@@ -255,6 +260,11 @@ def build_dataset(cfg: DataConfig, tokenizer: Any, splits: list[str] | None = No
     }  # fmt: skip
     _save(by_split, manifest, path)
     return BuiltData(by_split, manifest, path, False, timings)
+
+
+def _column(ds: datasets.Dataset, name: str) -> list:
+    """One column of ``ds`` as a Python list, converted in one step."""
+    return ds.with_format("arrow")[name].to_pylist()
 
 
 def _file_hashes(folder: Path) -> dict[str, str]:

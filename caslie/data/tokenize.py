@@ -211,11 +211,25 @@ class Tokenise:
             k: [] for k in ("prompt", "input_ids", "prompt_len", "length", "trimmed", "keep")
         }
         parts_col = batch.get("parts") or [""] * len(batch["head"])
-        rows = zip(batch["head"], batch["input_text"], batch["tail"], batch["target"], batch["split"],
-                   parts_col, strict=True)  # fmt: skip
-        for head, text, tail, target, split, parts_json in rows:
+        rows = list(zip(batch["head"], batch["input_text"], batch["tail"], batch["target"],
+                        batch["split"], parts_col, strict=True))  # fmt: skip
+        prompts = [head + text + tail for head, text, tail, *_ in rows]
+        joint = [i for i, row in enumerate(rows) if not row[5]]
+        # One tokenizer call per batch for the rows tokenised jointly (all but those holding a
+        # control string): the same ids as one call per row, without a call's overhead per row.
+        fulls = self._ids([prompts[i] + rows[i][3] for i in joint]) if joint else []
+        prompt_ids = self._ids([prompts[i] for i in joint]) if joint else []
+        encoded: dict[int, tuple[list[int], int]] = {
+            i: (full + [self.tok.eos_token_id], len(p))
+            for i, full, p in zip(joint, fulls, prompt_ids, strict=True)
+        }
+        for i, (head, text, tail, target, split, parts_json) in enumerate(rows):
             parts = tuple(json.loads(parts_json)) if parts_json else None
-            prompt, ids, n_prompt = self._encode_row(head, text, tail, target, parts)
+            prompt = prompts[i]
+            if parts is None:
+                ids, n_prompt = encoded[i]
+            else:
+                ids, n_prompt = self.encode_parts([*parts[0], [text, True], *parts[1]], target)
             trimmed, keep = False, True
             if split != "train":  # never trimmed: the model must see the whole prompt
                 keep = self.eval_max_length is None or len(ids) <= self.eval_max_length
