@@ -1,7 +1,10 @@
-"""Collation: right-padded training batches and left-padded generation prompts."""
+"""Tokenising (joint, by parts, batched) and collation: right-padded training batches and
+left-padded generation prompts."""
+
+import pytest
 
 from caslie.data.pipeline import build_dataset
-from caslie.data.tokenize import Tokenise, collate_generate
+from caslie.data.tokenize import Tokenise, batch_ids, collate_generate
 from caslie.generation import LabelTrie, answer_budget, answer_ids, label_ids
 
 
@@ -140,3 +143,21 @@ def test_rows_with_control_text_are_built_by_parts_and_others_jointly(
     assert "</s>" in prompts[tainted] and by_id[tainted].count(eos) == 1
     target = built["target"][1]
     assert by_id[clean] == tokenizer(prompts[clean] + target)["input_ids"] + [eos]  # unchanged path
+
+
+@pytest.mark.parametrize("name", ["tiny:mistral", "tiny:llama", "sentencepiece-style"])
+def test_batch_ids_are_the_tokenizer_calls_ids(name, sample_rows):
+    from caslie.pretrained import load_tokenizer
+
+    tok = (
+        _sentencepiece_style_tokenizer() if name == "sentencepiece-style" else load_tokenizer(name)
+    )
+    texts = [r["instruction"] + "\n" + str(r["input"]) + "\n### Response:\n" + str(r["output"])
+             for r in sample_rows]  # fmt: skip
+    controls = [c for c in (tok.eos_token, tok.bos_token) if c]
+    texts += ["", " ", "a\n\n  b", *(f"row text {c} inside" for c in controls)]
+    for special in (True, False):
+        # A call that splits special tokens leaves that mode on the backend; batch_ids must not
+        # inherit it.
+        tok("x </s>", split_special_tokens=True)
+        assert batch_ids(tok, texts, special) == tok(texts, add_special_tokens=special)["input_ids"]

@@ -19,6 +19,7 @@ Layout::
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import logging
@@ -90,6 +91,14 @@ ON_ERROR = ("raise", "skip")
 
 def _problem(entry: Any, fields: dict[str, tuple[type, ...]]) -> str | None:
     """Why a parsed line is not an entry, or ``None`` when it is one."""
+    # Fast path for the usual entry: JSON values have exact types, so a field whose type is one
+    # of its kinds is valid (a bool, an int subclass, is not among them and takes the full check).
+    if type(entry) is dict:
+        for name, kinds in fields.items():
+            if type(entry.get(name)) not in kinds:
+                break
+        else:
+            return None
     if not isinstance(entry, dict):
         return f"a JSON {type(entry).__name__}, not an object"
     for name, kinds in fields.items():
@@ -101,19 +110,53 @@ def _problem(entry: Any, fields: dict[str, tuple[type, ...]]) -> str | None:
     return None
 
 
+_BLANK = " \t\n\r\x0b\x0c"
+"""What ``bytes.strip()`` strips: a decoded line is blank exactly when its bytes are."""
+
+
+def _as_text(data: bytes) -> str | None:
+    """``data`` decoded as ``json.loads`` decodes each of its lines when given bytes (UTF-8,
+    surrogates passed), or ``None`` where a line could decode otherwise (a NUL byte or a BOM
+    make ``json.loads`` guess UTF-16, UTF-32 or UTF-8-sig) or not at all: then lines are left
+    to ``json.loads`` one by one, as bytes."""
+    if b"\x00" in data or codecs.BOM_UTF8 in data:
+        return None
+    try:
+        return data.decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError:
+        return None
+
+
+_scan_once = json.JSONDecoder().scan_once
+
+
+def _loads_line(line: str) -> Any:
+    """``json.loads(line)`` for a decoded line without a BOM, by one call of the decoder's scanner
+    when the line is one JSON value with nothing around it (a line as writers write it); any other
+    line, valid or not, goes to ``json.loads`` itself, so results and errors are the same."""
+    try:
+        value, end = _scan_once(line, 0)
+    except Exception:  # noqa: BLE001 - json.loads below raises the error that counts
+        return json.loads(line)
+    return value if end == len(line) else json.loads(line)
+
+
 def _shard_lines(shard: Path, fields: dict[str, tuple[type, ...]]):
     """``(line number, entry or None, problem or None)`` for every non-blank line of a shard; a
     torn last line (what a writer killed mid-write leaves) is left out with a warning."""
     with shard.open("rb") as fh:
-        lines = fh.read().split(b"\n")
+        data = fh.read()
+    text = _as_text(data)  # decoded once, not line by line in json.loads
+    lines: list[bytes] | list[str] = data.split(b"\n") if text is None else text.split("\n")
     # split() leaves a final "" when the file ends with a newline; anything else is a tail that
     # was never finished.
     complete, tail = lines[:-1], lines[-1]
+    blank = _BLANK if text is not None else None
     for lineno, raw in enumerate(complete, 1):
-        if not raw.strip():
+        if (not raw or raw[:1].isspace()) and not raw.strip(blank):  # most lines open with "{"
             continue
         try:
-            entry = json.loads(raw)
+            entry = _loads_line(raw) if text is not None else json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             if lineno == len(complete) and not tail:
                 log.warning("ignoring a torn last line in %s:%d", shard, lineno)
@@ -122,7 +165,7 @@ def _shard_lines(shard: Path, fields: dict[str, tuple[type, ...]]):
             continue
         problem = _problem(entry, fields)
         yield lineno, (None if problem else entry), problem
-    if tail.strip():
+    if tail.strip(blank):
         log.warning("ignoring a torn last line in %s:%d (killed writer)", shard, len(lines))
 
 
@@ -369,7 +412,8 @@ class VoteCache:
             if made_by and any(entry.get(k) != v for k, v in made_by.items()):
                 continue
             key = (str(entry["row_id"]), int(entry["image_index"]), str(entry["caption_sha"]))
-            if _newer(merged.get(key), entry):
+            old = merged.get(key)
+            if old is None or _newer(old, entry):
                 merged[key] = entry
         return merged
 

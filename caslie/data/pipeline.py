@@ -57,7 +57,9 @@ class BuiltData:
             caption used % per split and task, build time.
         path: The cache folder.
         from_cache: Whether this call reused a previous build.
-        stats: Seconds spent per step of this call (``load_s``, ``fuse_s``, ``tokenise_s``).
+        stats: Seconds spent per step of this call: a build's ``load_s`` (read and validate
+            rows), ``fuse_s`` (captions and votes), ``render_s`` (prompts), ``tokenise_s`` and
+            ``save_s`` (split and write Arrow); a cache hit's ``load_s``.
     """
 
     splits: dict[str, datasets.Dataset]
@@ -192,8 +194,10 @@ def build_dataset(cfg: DataConfig, tokenizer: Any, splits: list[str] | None = No
     timings["load_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     fused, fusion_report = fuse_records(records, cfg)
-    cols = _columns(fused, cfg, tokenizer)
     timings["fuse_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    cols = _columns(fused, cfg, tokenizer)
+    timings["render_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     raw = datasets.Dataset.from_dict(cols)
     tokenise = Tokenise(
@@ -235,6 +239,7 @@ def build_dataset(cfg: DataConfig, tokenizer: Any, splits: list[str] | None = No
     tokenised = tokenised.remove_columns("keep")
     timings["tokenise_s"] = time.perf_counter() - t0
 
+    t0 = time.perf_counter()
     with _quiet_datasets():
         by_split = {
             s: tokenised.filter(lambda sp, s=s: sp == s, input_columns="split") for s in splits
@@ -259,7 +264,9 @@ def build_dataset(cfg: DataConfig, tokenizer: Any, splits: list[str] | None = No
         "timings": timings,
     }  # fmt: skip
     _save(by_split, manifest, path)
-    return BuiltData(by_split, manifest, path, False, timings)
+    # The saved manifest keeps the steps before saving; this call's stats add the save itself.
+    stats = timings | {"save_s": time.perf_counter() - t0}
+    return BuiltData(by_split, manifest, path, False, stats)
 
 
 def _column(ds: datasets.Dataset, name: str) -> list:
