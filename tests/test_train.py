@@ -184,6 +184,7 @@ NOISE = {
     "The `srun` command is available": "Lightning's SLURM hint (where srun is installed)",
     "DataLoader 0": "Lightning's test table",
     "Test metric": "Lightning's test table",
+    "Trying to infer the `batch_size`": "Lightning guessing a logged value's batch size",
 }
 """Text from third-party code that the demo run must not print (either stream)."""
 

@@ -366,7 +366,10 @@ class LoRAInstructModule(CaslieModule):
     ) -> None:
         if dataloader_idx == 0:
             loss = self(batch)
-            self.log("val/loss", loss, prog_bar=True, sync_dist=True, add_dataloader_idx=False)
+            # Weighted by examples, as HF Trainer's eval_loss is (a packed row holds several).
+            examples = len(batch["seq_lens"]) if "seq_lens" in batch else batch["input_ids"].size(0)
+            self.log("val/loss", loss, prog_bar=True, sync_dist=True, add_dataloader_idx=False,
+                     batch_size=examples)  # fmt: skip
         else:
             self._collect(batch)
 
