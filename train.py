@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import re
 import sys
 import warnings
@@ -431,6 +432,12 @@ def main(argv: list[str] | None = None) -> int:
         "--checkpoint", default="best", help="with --adapter-run: best, last or a file"
     )
     add_config_flags(parser)
+    # wandb hands its service's socket to child processes in this variable. A job inherits it
+    # from whatever launched it (a notebook, a test session, the shell sbatch ran in) and would
+    # join that process's service: a socket on another host, or one still holding the stream of
+    # a job killed before it could finish, whose resumed run then fails with "run ID is in use".
+    # This process owns its W&B run, so it starts its own service.
+    os.environ.pop("WANDB_SERVICE", None)
     options, overrides = split_argv(sys.argv[1:] if argv is None else argv)
     args, unknown = parser.parse_known_args(options)
     overrides = unknown + overrides  # an unknown option gets the config's key suggestions
