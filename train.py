@@ -143,9 +143,7 @@ def build_data_and_module(
         return dm, FashionCLIPModule(cfg)
     tokenizer = tokenizer_for(cfg.model)
     context = getattr(
-        model_config(Checkpoint.from_config(cfg.model, what="model.name_or_path")),
-        "max_position_embeddings",
-        None,
+        model_config(Checkpoint.from_config(cfg.model)), "max_position_embeddings", None
     )
     dm = MMECDataModule(
         cfg.data, tokenizer, cfg.optim.micro_batch_size, cfg.optim.eval_batch_size, cfg.run.seed,
@@ -197,7 +195,7 @@ def build_trainer(cfg: Config, run_dir: Path, loggers: list, callbacks: list) ->
         return L.Trainer(
             accelerator=t.accelerator, devices=devices, num_nodes=num_nodes,
             strategy=build_strategy(t, lambda names: repeated_layers(
-                Checkpoint.from_config(cfg.model, what="model.name_or_path"),
+                Checkpoint.from_config(cfg.model),
                 cfg.model.kind == "lora", names)),
             precision=precision, max_epochs=t.max_epochs, max_steps=t.max_steps,
             accumulate_grad_batches=cfg.accumulate_grad_batches, gradient_clip_val=clip,

@@ -114,9 +114,11 @@ class Checkpoint:
     what: str = "model"
 
     @classmethod
-    def from_config(cls, section: Any, name_or_path: str | None = None, what: str = "model"):
+    def from_config(cls, section: Any, name_or_path: str | None = None,
+                    what: str = "model.name_or_path"):  # fmt: skip
         """A checkpoint from a config section (``model``, ``caption`` or ``cqe``): the fields it
-        has are used, the others keep their defaults."""
+        has are used, the others keep their defaults. ``what`` names the setting in messages (the
+        ``model`` section's by default; the other sections pass theirs)."""
         return cls(
             name_or_path=name_or_path or section.name_or_path,
             revision=getattr(section, "revision", None),

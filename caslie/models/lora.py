@@ -65,7 +65,7 @@ def load_base_model(
     """Load the causal LM a model config names, sized to ``tokenizer``, pad token set."""
     from transformers import AutoModelForCausalLM
 
-    ckpt = Checkpoint.from_config(model_cfg, what="model.name_or_path")
+    ckpt = Checkpoint.from_config(model_cfg)
     try:
         model = load_model(ckpt, AutoModelForCausalLM, dtype)
     except ValueError as err:
