@@ -4,7 +4,7 @@ left-padded generation prompts."""
 import pytest
 
 from caslie.data.pipeline import build_dataset
-from caslie.data.tokenize import Tokenise, batch_ids, collate_generate
+from caslie.data.tokenize import Tokenise, _splits_locally, batch_ids, collate_generate, joint_ids
 from caslie.generation import LabelTrie, answer_budget, answer_ids, label_ids
 
 
@@ -161,3 +161,74 @@ def test_batch_ids_are_the_tokenizer_calls_ids(name, sample_rows):
         # inherit it.
         tok("x </s>", split_special_tokens=True)
         assert batch_ids(tok, texts, special) == tok(texts, add_special_tokens=special)["input_ids"]
+
+
+def _ignore_merges_tokenizer():
+    """A BPE with ``ignore_merges`` (as Llama-3's): "xyz" is in the vocabulary, so alone it is one
+    token, but "xyzw" is merged pair by pair into "x", "yz", "w", whose first two do not make
+    "xyz": the prompt's tokens cannot be read off the joint text's."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {
+        t: i for i, t in enumerate(["<s>", "</s>", "x", "y", "z", "w", " ", "yz", "xy", "xyz"])
+    }
+    merges = [("y", "z"), ("x", "y"), ("xy", "z")]
+    tok = Tokenizer(models.BPE(vocab, merges, ignore_merges=True))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
+    assert len(fast("xyz", add_special_tokens=False)["input_ids"]) == 1
+    assert fast("xyzw", add_special_tokens=False)["input_ids"][:2] == [vocab["x"], vocab["yz"]]
+    return fast
+
+
+def _trailing_eos_tokenizer():
+    """The SentencePiece-style tokenizer with a post-processor that appends EOS to every text."""
+    from tokenizers import processors
+
+    tok = _sentencepiece_style_tokenizer()
+    tok._tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", tok.bos_token_id), ("</s>", tok.eos_token_id)]
+    )
+    return tok
+
+
+@pytest.mark.parametrize(
+    "name", ["tiny:mistral", "tiny:llama", "sentencepiece-style", "ignore-merges", "trailing-eos"]
+)
+def test_prompt_lengths_read_off_the_joint_tokens_equal_tokenising_the_prompt_alone(name):
+    """Random prompt/answer pairs built to meet at awkward points (spaces either side, a newline
+    run split in two, a multi-byte character, a control string, an empty side): ``joint_ids``
+    gives exactly eCeLLM's two tokenizer calls, ``ids(prompt + answer)`` and
+    ``len(ids(prompt))``, however it reaches them."""
+    import random
+
+    from caslie.pretrained import load_tokenizer
+
+    tok = {
+        "sentencepiece-style": _sentencepiece_style_tokenizer,
+        "ignore-merges": _ignore_merges_tokenizer,
+        "trailing-eos": _trailing_eos_tokenizer,
+    }.get(name, lambda: load_tokenizer(name))()
+    assert _splits_locally(tok._tokenizer) == (name not in ("ignore-merges", "trailing-eos"))
+    pieces = ["", " ", "  ", "\n", "\n\n", "yes", " yes", "no", "é", "日本", "😀", ":", "A",
+              "1", "12", "(", "'s", "\t", "</s>", "<s>", "Ġ", "▁", " a  b", "### Response:\n", "xyz", "w"]  # fmt: skip
+    rng = random.Random(0)
+
+    def text(most: int) -> str:
+        return "".join(rng.choice(pieces) for _ in range(rng.randint(0, most)))
+
+    prompts = [text(6) for _ in range(1500)]
+    targets = [text(4) for _ in range(1500)]
+    for special in (True, False):
+        expected = [
+            (full, len(alone))
+            for full, alone in zip(
+                tok(
+                    [p + t for p, t in zip(prompts, targets, strict=True)],
+                    add_special_tokens=special,
+                )["input_ids"],  # fmt: skip
+                tok(prompts, add_special_tokens=special)["input_ids"],
+                strict=True,
+            )
+        ]
+        assert joint_ids(tok, prompts, targets, special) == expected

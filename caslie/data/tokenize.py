@@ -144,18 +144,93 @@ def batch_ids(tokenizer: Any, texts: list[str], add_special_tokens: bool) -> lis
     Falls back to the tokenizer call for a slow tokenizer, or one that splits special tokens or
     truncates or pads by default (what the call would configure on the backend first).
     """
+    if not _plain_backend(tokenizer):
+        return tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]
+    backend = tokenizer._tokenizer
+    # The tokenizer call sets this flag on every call (a parts call may have left it on).
+    backend.encode_special_tokens = False
+    return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=add_special_tokens)]
+
+
+def _plain_backend(tokenizer: Any) -> bool:
+    """Whether the Rust tokenizer behind ``tokenizer`` can be called directly with the ids the
+    tokenizer call would give: no splitting of special tokens, truncation or padding set."""
     backend = getattr(tokenizer, "_tokenizer", None)
-    plain = (
+    return (
         hasattr(backend, "encode_batch_fast")
         and not getattr(tokenizer, "split_special_tokens", False)
         and backend.truncation is None
         and backend.padding is None
     )
-    if not plain:
-        return tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]
-    # The tokenizer call sets this flag on every call (a parts call may have left it on).
+
+
+def _splits_locally(backend: Any) -> bool:
+    """Whether a prompt's tokens can be read off the tokens of prompt + answer.
+
+    True for a BPE model without ``ignore_merges`` or dropout, and for WordPiece and WordLevel,
+    whose post-processor adds nothing after the text: then, where no token of the joint string
+    spans the end of the prompt, the joint's first tokens are exactly the prompt's own tokens (no
+    merge crossed that point, so none changed what lies before it; a pre-token that does cross it
+    is split by the same merges). ``ignore_merges`` breaks this: a word found whole in the
+    vocabulary is one token alone, but may merge differently once the answer extends it
+    (Llama-3), so such tokenizers tokenise the prompt again.
+    """
+    from tokenizers import models
+
+    model = backend.model
+    if isinstance(model, models.BPE):
+        local = not getattr(model, "ignore_merges", False) and not model.dropout
+    else:
+        local = isinstance(model, models.WordPiece | models.WordLevel)
+    if not local:
+        return False
+    probe = backend.encode("x", add_special_tokens=True)
+    return not any(probe.special_tokens_mask[probe.char_to_token(0) + 1 :])
+
+
+def _tokens_before(enc: Any, cut: int, end: int) -> int | None:
+    """How many tokens of ``enc`` lie before character ``cut``, or ``None`` unless the prompt's
+    last character and the answer's first one sit in two tokens that meet there (the test looks
+    at both sides, since trimmed offsets can hide the space a token took from the prompt)."""
+    if cut == end:  # no answer: the prompt is the whole text
+        return len(enc.ids)
+    if cut == 0:
+        return None
+    last, first = enc.char_to_token(cut - 1), enc.char_to_token(cut)
+    if last is None or first is None or last >= first or enc.token_to_chars(first)[0] != cut:
+        return None
+    return first
+
+
+def joint_ids(tokenizer: Any, prompts: list[str], targets: list[str],
+              add_special_tokens: bool) -> list[tuple[list[int], int]]:  # fmt: skip
+    """``(ids(prompt + target), len(ids(prompt)))`` per row, as eCeLLM counted the prompt tokens.
+
+    Where the tokenizer splits locally (:func:`_splits_locally`), one encoding of the joint text
+    gives both: the prompt's tokens end where the token holding the answer's first character
+    begins. A row whose boundary falls inside a token, or whose answer starts with text that
+    yields no token, has its prompt tokenised alone, as has every row of a tokenizer that does not
+    split locally; ``tests/test_data_tokenize.py`` checks both against two tokenizer calls.
+    """
+    texts = [p + t for p, t in zip(prompts, targets, strict=True)]
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if not (_plain_backend(tokenizer) and _splits_locally(backend)):
+        fulls = batch_ids(tokenizer, texts, add_special_tokens)
+        alone = batch_ids(tokenizer, prompts, add_special_tokens)
+        return [(f, len(a)) for f, a in zip(fulls, alone, strict=True)]
     backend.encode_special_tokens = False
-    return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=add_special_tokens)]
+    out: list[tuple[list[int], int]] = []
+    again: list[int] = []
+    for i, enc in enumerate(backend.encode_batch(texts, add_special_tokens=add_special_tokens)):
+        n_prompt = _tokens_before(enc, len(prompts[i]), len(texts[i]))
+        if n_prompt is None:
+            again.append(i)
+        out.append((enc.ids, n_prompt if n_prompt is not None else -1))
+    if again:
+        alone = batch_ids(tokenizer, [prompts[i] for i in again], add_special_tokens)
+        for i, a in zip(again, alone, strict=True):
+            out[i] = (out[i][0], len(a))
+    return out
 
 
 class Tokenise:
@@ -188,8 +263,8 @@ class Tokenise:
 
     def encode(self, prompt: str, target: str) -> tuple[list[int], int]:
         """(prompt + target tokenised jointly, then EOS; the number of prompt tokens)."""
-        full, prompt_ids = self._ids([prompt + target, prompt])
-        return full + [self.tok.eos_token_id], len(prompt_ids)
+        ((full, n_prompt),) = joint_ids(self.tok, [prompt], [target], self.add_special)
+        return full + [self.tok.eos_token_id], n_prompt
 
     def encode_parts(self, parts: list[list], target: str) -> tuple[list[int], int]:
         """As :meth:`encode` for a prompt given as ``[text, from_row]`` parts: the template's
@@ -239,11 +314,11 @@ class Tokenise:
         joint = [i for i, row in enumerate(rows) if not row[5]]
         # One tokenizer call per batch for the rows tokenised jointly (all but those holding a
         # control string): the same ids as one call per row, without a call's overhead per row.
-        fulls = self._ids([prompts[i] + rows[i][3] for i in joint]) if joint else []
-        prompt_ids = self._ids([prompts[i] for i in joint]) if joint else []
+        pairs = joint_ids(self.tok, [prompts[i] for i in joint], [rows[i][3] for i in joint],
+                          self.add_special) if joint else []  # fmt: skip
         encoded: dict[int, tuple[list[int], int]] = {
-            i: (full + [self.tok.eos_token_id], len(p))
-            for i, full, p in zip(joint, fulls, prompt_ids, strict=True)
+            i: (full + [self.tok.eos_token_id], n)
+            for i, (full, n) in zip(joint, pairs, strict=True)
         }
         for i, (head, text, tail, target, split, parts_json) in enumerate(rows):
             parts = tuple(json.loads(parts_json)) if parts_json else None
