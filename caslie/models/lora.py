@@ -13,7 +13,9 @@ from caslie.config import Config, ModelConfig
 from caslie.data.tokenize import IGNORE_INDEX
 from caslie.errors import CheckpointError, ConfigError, NonFiniteLossError
 from caslie.generation import LabelTrie, answer_budget, generate_answers, label_ids
+from caslie.models.answer_layer import answer_only_last_layer
 from caslie.models.base import CaslieModule, count_parameters
+from caslie.models.dropout import use_word_dropout
 from caslie.models.segments import NAME as SEGMENTS
 from caslie.models.segments import use_segment_attention
 from caslie.pretrained import Checkpoint, load_model
@@ -162,7 +164,9 @@ def build_lora_model(
         task_type="CAUSAL_LM",
         modules_to_save=list(model_cfg.modules_to_save) or None,
     )
-    return get_peft_model(model, lora)
+    peft_model = get_peft_model(model, lora)
+    use_word_dropout(peft_model)  # torch's dropout distribution, a cheaper mask on a CPU
+    return peft_model
 
 
 class LoRAInstructModule(CaslieModule):
@@ -197,6 +201,7 @@ class LoRAInstructModule(CaslieModule):
         self._budget: dict[str, int] = {}
         self._window: torch.Tensor | None = None  # summed training loss since the last log
         self._window_batches = self._window_start = 0
+        self._answer_layer = False  # the last layer runs at answer positions (answer_layer.py)
 
     def bind(self, datamodule: Any) -> None:
         """Label tries (constrained decoding) and answer budgets from the datamodule's labels."""
@@ -228,6 +233,13 @@ class LoRAInstructModule(CaslieModule):
                 log.info("packed rows: attention runs per example (caslie_segments)")
             if self.cfg.model.compile:
                 log.info("compiled %d decoder layers", compile_layers(self.model.get_base_model()))
+            # Compiled layers would recompile for every number of answer positions; Liger's loss
+            # reads the whole sequence.
+            lean = not (self.cfg.model.compile or self.cfg.model.liger)
+            base = self.model.get_base_model()
+            if lean and answer_only_last_layer(base, self.cfg.data.max_length):
+                self._answer_layer = True
+                log.info("the last decoder layer runs at the answer positions only")
             n_train, n_all = count_parameters(self.model)
             log.info(
                 "LoRA: %d trainable of %d parameters (%.3f%%)",
@@ -276,7 +288,12 @@ class LoRAInstructModule(CaslieModule):
         keep = batch.get("logit_positions")
         if keep is None or self.cfg.model.liger:
             return self.model(**inputs, labels=batch["labels"], use_cache=False).loss
-        logits = self.model(**inputs, logits_to_keep=keep, use_cache=False).logits
+        if self._answer_layer:  # the last layer's output holds the kept positions alone
+            logits = self.model(
+                **inputs, caslie_keep=keep, logits_to_keep=0, use_cache=False
+            ).logits
+        else:
+            logits = self.model(**inputs, logits_to_keep=keep, use_cache=False).logits
         targets = batch["labels"][:, keep + 1]
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
                                ignore_index=IGNORE_INDEX)  # fmt: skip
