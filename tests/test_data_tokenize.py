@@ -232,3 +232,19 @@ def test_prompt_lengths_read_off_the_joint_tokens_equal_tokenising_the_prompt_al
             )
         ]
         assert joint_ids(tok, prompts, targets, special) == expected
+
+
+def test_a_normalizer_that_strips_the_texts_end_tokenises_the_prompt_alone():
+    """With ``Strip`` the prompt alone loses its last space, the joint text keeps it as a token of
+    its own: the count must come from tokenising the prompt."""
+    from tokenizers import normalizers
+
+    tok = _sentencepiece_style_tokenizer()
+    tok._tokenizer.normalizer = normalizers.Strip()
+    assert not _splits_locally(tok._tokenizer)
+    prompts, targets = ["Is it answerable?\n", "yes \n"], ["\nyes", "\nno"]
+    expected = [
+        (tok(p + t)["input_ids"], len(tok(p)["input_ids"]))
+        for p, t in zip(prompts, targets, strict=True)
+    ]
+    assert joint_ids(tok, prompts, targets, True) == expected

@@ -168,10 +168,10 @@ def _splits_locally(backend: Any) -> bool:
     """Whether a prompt's tokens can be read off the tokens of prompt + answer.
 
     True for a BPE model without ``ignore_merges`` or dropout, and for WordPiece and WordLevel,
-    whose post-processor adds nothing after the text: then, where no token of the joint string
-    spans the end of the prompt, the joint's first tokens are exactly the prompt's own tokens (no
-    merge crossed that point, so none changed what lies before it; a pre-token that does cross it
-    is split by the same merges). ``ignore_merges`` breaks this: a word found whole in the
+    whose post-processor adds nothing after the text and whose normalizer keeps the text's end:
+    then, where no token of the joint string spans the end of the prompt, the joint's first
+    tokens are exactly the prompt's own tokens (no merge crossed that point, so none changed what
+    lies before it; a pre-token that does cross it is split by the same merges). ``ignore_merges`` breaks this: a word found whole in the
     vocabulary is one token alone, but may merge differently once the answer extends it
     (Llama-3), so such tokenizers tokenise the prompt again.
     """
@@ -182,10 +182,13 @@ def _splits_locally(backend: Any) -> bool:
         local = not getattr(model, "ignore_merges", False) and not model.dropout
     else:
         local = isinstance(model, models.WordPiece | models.WordLevel)
-    if not local:
+    norm = backend.normalizer
+    # A normalizer that strips the text's end treats the prompt's last spaces unlike the joint's.
+    if not local or (norm is not None and norm.normalize_str("a ") == norm.normalize_str("a")):
         return False
     probe = backend.encode("x", add_special_tokens=True)
-    return not any(probe.special_tokens_mask[probe.char_to_token(0) + 1 :])
+    at = probe.char_to_token(0)  # None: the text gave no token, nothing to tell the end by
+    return at is not None and not any(probe.special_tokens_mask[at + 1 :])
 
 
 def _tokens_before(enc: Any, cut: int, end: int) -> int | None:
