@@ -108,3 +108,17 @@ def test_without_a_4d_mask_queries_see_their_own_example_up_to_themselves():
     got = _query_mask(padding, torch.arange(4)[None], torch.tensor([1, 3]), 4)
     causal = torch.tensor([[True, True, False, False], [True, True, True, True]])
     assert torch.equal(got, (causal[None] & padding[:, None].bool())[:, None])
+
+
+def test_under_gradient_checkpointing_the_cut_layer_gives_the_same_gradients():
+    model = _model("llama")
+    base = model.get_base_model()
+    batch = collate_training(_features([(23, 20), (9, 5), (17, 15)]), 0, 8, packed=True)
+    full_loss, full_grads = _loss_and_grads(model, batch, pruned=False)
+    base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    base.enable_input_require_grads()
+    answer_only_last_layer(base, max_length=64)
+    loss, grads = _loss_and_grads(model, batch, pruned=True)
+    torch.testing.assert_close(loss, full_loss, **TOLERANCE)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, full_grads[name], **TOLERANCE, msg=name)

@@ -9,7 +9,9 @@ few answer tokens per example, most of one layer's work is gone and the loss and
 those of the whole layer (``tests/test_models_answer_layer.py``).
 
 The model's forward takes the positions as ``caslie_keep``; without it (generation, a model not
-set up) the layer runs as transformers wrote it. It applies to the Llama and Mistral decoder
+set up), or with a mask that is not a tensor (flex-attention's), the layer runs as transformers
+wrote it. Under gradient checkpointing the cut layer is not recomputed in the backward pass: it
+keeps its activations (keys and values at every position, the rest at the kept ones only). It applies to the Llama and Mistral decoder
 layers (the paper's three models), whose structure it repeats: RMSNorm, rotary attention with
 grouped keys and values, a gated MLP, two residuals.
 """
@@ -55,14 +57,20 @@ def _query_mask(attention_mask: torch.Tensor | None, position_ids: torch.Tensor,
     return allowed[:, None]
 
 
-def _forward(layer: Any, full_forward: Any, hidden_states: torch.Tensor,
-             attention_mask: torch.Tensor | None = None,
-             position_ids: torch.Tensor | None = None,
-             position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+def _forward(layer: Any, full_forward: Any, hidden_states: torch.Tensor, *args: Any,
              caslie_keep: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:  # fmt: skip
-    if caslie_keep is None or position_embeddings is None or position_ids is None:
-        return full_forward(hidden_states, attention_mask=attention_mask, position_ids=position_ids,
-                            position_embeddings=position_embeddings, **kwargs)  # fmt: skip
+    attention_mask = kwargs.get("attention_mask")
+    position_ids = kwargs.get("position_ids")
+    position_embeddings = kwargs.get("position_embeddings")
+    plain_mask = attention_mask is None or isinstance(attention_mask, torch.Tensor)  # not flex's
+    if (
+        caslie_keep is None
+        or args
+        or position_ids is None
+        or position_embeddings is None
+        or not plain_mask
+    ):
+        return full_forward(hidden_states, *args, **kwargs)
     attn = layer.self_attn
     batch, tokens, _ = hidden_states.shape
     kept = caslie_keep.shape[0]
