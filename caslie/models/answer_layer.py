@@ -11,9 +11,10 @@ those of the whole layer (``tests/test_models_answer_layer.py``).
 The model's forward takes the positions as ``caslie_keep``; without it (generation, a model not
 set up), or with a mask that is not a tensor (flex-attention's), the layer runs as transformers
 wrote it. Under gradient checkpointing the cut layer is not recomputed in the backward pass: it
-keeps its activations (keys and values at every position, the rest at the kept ones only). It applies to the Llama and Mistral decoder
-layers (the paper's three models), whose structure it repeats: RMSNorm, rotary attention with
-grouped keys and values, a gated MLP, two residuals.
+keeps its activations (keys and values at every position, the rest at the kept ones only).
+
+It applies to the Llama and Mistral decoder layers (the paper's three models), whose structure it
+repeats: RMSNorm, rotary attention with grouped keys and values, a gated MLP, two residuals.
 """
 
 from __future__ import annotations
