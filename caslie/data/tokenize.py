@@ -171,9 +171,10 @@ def _splits_locally(backend: Any) -> bool:
     whose post-processor adds nothing after the text and whose normalizer keeps the text's end:
     then, where no token of the joint string spans the end of the prompt, the joint's first
     tokens are exactly the prompt's own tokens (no merge crossed that point, so none changed what
-    lies before it; a pre-token that does cross it is split by the same merges). ``ignore_merges`` breaks this: a word found whole in the
-    vocabulary is one token alone, but may merge differently once the answer extends it
-    (Llama-3), so such tokenizers tokenise the prompt again.
+    lies before it; a pre-token that does cross it is split by the same merges).
+    ``ignore_merges`` breaks this: a word found whole in the vocabulary is one token alone, but
+    may merge differently once the answer extends it (Llama-3), so such tokenizers tokenise the
+    prompt again.
     """
     from tokenizers import models
 

@@ -24,20 +24,16 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from transformers.models.llama.modeling_llama import rotate_half  # Mistral's is the same
 
 ARCHITECTURES = ("llama", "mistral")
 """``config.model_type`` values whose decoder layer this module knows."""
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 def _rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotary embedding of ``x`` (``[batch, heads, tokens, head_dim]``) by ``[batch, tokens,
     head_dim]`` angles, as Llama and Mistral apply it."""
-    return x * cos[:, None] + _rotate_half(x) * sin[:, None]
+    return x * cos[:, None] + rotate_half(x) * sin[:, None]
 
 
 def _query_mask(attention_mask: torch.Tensor | None, position_ids: torch.Tensor,

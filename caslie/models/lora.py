@@ -228,15 +228,15 @@ class LoRAInstructModule(CaslieModule):
             self.model.train()  # from_pretrained returns eval mode; the loop expects train mode
             # Compiled layers would recompile for every new set of example lengths (a Python
             # list), so they keep transformers' block-diagonal mask instead.
+            base = self.model.get_base_model()
             segments = self.cfg.data.packing and not self.cfg.model.compile
-            if segments and use_segment_attention(self.model.get_base_model()):
+            if segments and use_segment_attention(base):
                 log.info("packed rows: attention runs per example (caslie_segments)")
             if self.cfg.model.compile:
-                log.info("compiled %d decoder layers", compile_layers(self.model.get_base_model()))
+                log.info("compiled %d decoder layers", compile_layers(base))
             # Compiled layers would recompile for every number of answer positions; Liger's loss
             # reads the whole sequence.
             lean = not (self.cfg.model.compile or self.cfg.model.liger)
-            base = self.model.get_base_model()
             if lean and answer_only_last_layer(base, self.cfg.data.max_length):
                 self._answer_layer = True
                 log.info("the last decoder layer runs at the answer positions only")
